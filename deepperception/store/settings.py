@@ -1,0 +1,93 @@
+"""One settings object for the artifact store, from which every client is built.
+
+pyarrow's S3 client ignores ``AWS_ENDPOINT_URL`` (apache/arrow#49643) while boto3 honours it,
+so the endpoint is read once here and passed explicitly to both.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_STORE_URI = ".dp-store"
+
+
+class StoreSettings(BaseSettings):
+    """Where artifacts live. Environment variables use the ``DP_STORE_`` prefix
+    (``DP_STORE_URI=s3://bucket/prefix``, ``DP_STORE_S3_ENDPOINT_URL=http://host:port``);
+    credentials fall back to the standard ``AWS_*`` variables."""
+
+    model_config = SettingsConfigDict(env_prefix="DP_STORE_", extra="ignore")
+
+    uri: str = Field(DEFAULT_STORE_URI, description="Local directory or s3://bucket/prefix of the store.")
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (moto, SeaweedFS, MinIO, ...). Default: AWS_ENDPOINT_URL or AWS."
+    )
+    s3_region: str = Field("us-east-1", description="Region passed to both S3 clients.")
+    s3_access_key_id: SecretStr | None = Field(None, description="Default: AWS_ACCESS_KEY_ID.")
+    s3_secret_access_key: SecretStr | None = Field(None, description="Default: AWS_SECRET_ACCESS_KEY.")
+    cache_dir: str = Field(
+        "", description="Local cache for files materialised from S3 (checkpoints). Default: ~/.cache/deepperception."
+    )
+
+    @property
+    def is_s3(self) -> bool:
+        return self.uri.startswith("s3://")
+
+    @property
+    def bucket_and_prefix(self) -> tuple[str, str]:
+        if not self.is_s3:
+            raise ValueError(f"store uri {self.uri!r} is not an s3:// uri")
+        rest = self.uri[len("s3://"):].strip("/")
+        bucket, _, prefix = rest.partition("/")
+        if len(bucket) < 3:
+            raise ValueError(f"store uri {self.uri!r}: S3 bucket names need at least 3 characters")
+        return bucket, prefix
+
+    def _endpoint(self) -> str | None:
+        return self.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+    def _credentials(self) -> tuple[str | None, str | None]:
+        key = self.s3_access_key_id.get_secret_value() if self.s3_access_key_id else os.environ.get("AWS_ACCESS_KEY_ID")
+        secret = (
+            self.s3_secret_access_key.get_secret_value()
+            if self.s3_secret_access_key
+            else os.environ.get("AWS_SECRET_ACCESS_KEY")
+        )
+        return key, secret
+
+    def boto3_client(self) -> Any:
+        import boto3
+
+        key, secret = self._credentials()
+        return boto3.client(
+            "s3",
+            endpoint_url=self._endpoint(),
+            region_name=self.s3_region,
+            aws_access_key_id=key,
+            aws_secret_access_key=secret,
+        )
+
+    def arrow_filesystem(self) -> tuple[Any, str]:
+        """``(pyarrow filesystem, base path inside it)`` for the store root."""
+        import pyarrow.fs as pafs
+
+        if not self.is_s3:
+            root = Path(self.uri).expanduser().resolve()
+            return pafs.LocalFileSystem(), str(root)
+        key, secret = self._credentials()
+        kwargs: dict[str, Any] = {"region": self.s3_region, "access_key": key, "secret_key": secret}
+        endpoint = self._endpoint()
+        if endpoint:
+            scheme, _, host = endpoint.partition("://")
+            kwargs.update(endpoint_override=host.rstrip("/"), scheme=scheme or "https")
+        bucket, prefix = self.bucket_and_prefix
+        return pafs.S3FileSystem(**kwargs), f"{bucket}/{prefix}".rstrip("/")
+
+    def local_cache(self) -> Path:
+        base = Path(self.cache_dir).expanduser() if self.cache_dir else Path.home() / ".cache" / "deepperception"
+        return base

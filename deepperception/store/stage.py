@@ -1,0 +1,42 @@
+"""Run a stage body at most once per version: the skip-if-done rule every stage shares."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any, Callable
+
+from pydantic import BaseModel
+
+from deepperception.store.artifacts import ArtifactRef, ArtifactStore, VersionWriter
+
+log = logging.getLogger(__name__)
+
+
+def run_stage(
+    store: ArtifactStore,
+    name: str,
+    stage: str,
+    config: BaseModel | dict[str, Any] | None,
+    upstream: dict[str, ArtifactRef],
+    produce: Callable[[VersionWriter], dict[str, Any] | None],
+    *,
+    force: bool = False,
+) -> tuple[ArtifactRef, bool]:
+    """Produce artifact ``name`` unless the identical version is already committed.
+
+    ``produce(writer)`` writes the data files and returns manifest metadata; the manifest is
+    written only after it returns, and everything is removed if it raises. ``force`` salts the
+    version id with the current time, giving a new version (downstream versions change too).
+    Returns ``(ref, reused)``.
+    """
+    salt = dt.datetime.now(dt.timezone.utc).isoformat() if force else ""
+    writer = store.plan(name, stage, config, upstream, salt=salt)
+    if writer.exists:
+        log.info("stage %s: reusing %s (identical inputs, config and code)", stage, writer.ref)
+        return writer.ref, True
+    with writer:
+        metadata = produce(writer)
+        ref = writer.commit(metadata)
+    log.info("stage %s: committed %s", stage, ref)
+    return ref, False
