@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
+from deepperception.errors import InputDataError
 from deepperception.store.artifacts import ArtifactRef, ArtifactStore, VersionWriter
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,19 @@ def run_stage(
         log.info("stage %s: reusing %s (identical inputs, config and code)", stage, writer.ref)
         return writer.ref, True
     with writer:
-        metadata = produce(writer)
+        try:
+            metadata = produce(writer)
+        except InputDataError as exc:
+            # Name the stage, and the input artifact when there is only one candidate.
+            if exc.stage is None or (exc.artifact is None and len(upstream) == 1):
+                raise InputDataError(
+                    exc.message,
+                    stage=exc.stage or stage,
+                    artifact=exc.artifact or (str(next(iter(upstream.values()))) if len(upstream) == 1 else None),
+                    row=exc.row,
+                    field=exc.field,
+                ) from exc
+            raise
         ref = writer.commit(metadata)
     log.info("stage %s: committed %s", stage, ref)
     return ref, False

@@ -1,0 +1,243 @@
+"""Typed configuration of the whole reproduction, one pydantic model per stage.
+
+Profiles:
+
+- ``toy``: the smallest run that still exercises every stage (tests, ~1 minute).
+- ``demo``: the embedded default for ``make demo`` (synthetic domain, tiny Qwen2-VL, CPU, minutes).
+- ``paper``: the official hyper-parameters (official-code.md §4) for Qwen2-VL-7B-Instruct on GPU
+  workers; point ``base_model.checkpoint`` at the checkpoint directory and the collection at the
+  real image folders.
+
+Each stage's config is hashed into its artifact version, so changing one field recomputes that
+stage and everything downstream, and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from deepperception.domain.synthetic import SyntheticDomainConfig
+from deepperception.engine.collection import CollectionConfig
+from deepperception.engine.composition import CompositionConfig
+from deepperception.engine.distillation import DistillConfig
+from deepperception.engine.filtering import FilterConfig
+from deepperception.engine.labeling import LabelConfig
+from deepperception.training.grpo import GRPOStageConfig
+from deepperception.training.sft import SFTStageConfig
+
+ProfileName = Literal["toy", "demo", "paper"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImageFolderSource(_Strict):
+    """One real dataset prepared as ``root/<entity name>/*.jpg`` (FGVC-Aircraft, Stanford Cars, ...)."""
+
+    category: str = Field(description="Category name used in the bench (e.g. aircraft).")
+    root: str = Field(description="Directory (local path) with one sub-directory per entity.")
+    split: Literal["seen", "unseen"] = Field("seen", description="seen = used for training.")
+    max_images_per_entity: int | None = Field(None, description="Cap per entity; None keeps all.")
+
+
+class DataSourceConfig(_Strict):
+    """Where entities and single-entity images come from."""
+
+    kind: Literal["synthetic", "image_folder"] = Field(
+        "synthetic", description="synthetic: the embedded procedural domain; image_folder: real datasets."
+    )
+    synthetic: SyntheticDomainConfig = Field(default_factory=SyntheticDomainConfig)
+    folders: list[ImageFolderSource] = Field(default_factory=list, description="Used when kind=image_folder.")
+
+
+class EndpointConfig(_Strict):
+    """An OpenAI-compatible endpoint. The API key is read from an environment variable, never
+    stored in configs or manifests."""
+
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="Base URL including /v1.")
+    model: str = Field("Qwen2-VL-72B-Instruct", description="Model name the server expects.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
+
+
+class LabelingStageConfig(_Strict):
+    backend: Literal["oracle", "openai"] = Field(
+        "oracle", description="oracle: the synthetic renderer's true box; openai: a grounding VLM endpoint."
+    )
+    endpoint: EndpointConfig = Field(default_factory=lambda: EndpointConfig(model="Qwen2-VL-7B-Instruct"))
+    box_format: Literal["qwen_0_1000", "pixels"] = Field("qwen_0_1000", description="How the labeler model answers.")
+    options: LabelConfig = Field(default_factory=LabelConfig)
+
+
+class DistillationStageConfig(_Strict):
+    backend: Literal["template", "openai"] = Field(
+        "template", description="template: offline teacher writing CoTs from knowledge cards; openai: a VLM teacher."
+    )
+    endpoint: EndpointConfig = Field(default_factory=EndpointConfig)
+    temperature: float = Field(0.7, ge=0)
+    max_tokens: int = Field(1024, ge=16)
+    options: DistillConfig = Field(default_factory=DistillConfig)
+
+
+class DatasetsConfig(_Strict):
+    grpo_targets_per_composite: int = Field(1, ge=1, description="GRPO questions per training composite.")
+    bench_questions_per_composite: int = Field(2, ge=1, description="Bench questions per held-out composite.")
+    seed: int = 0
+
+
+class BaseModelConfig(_Strict):
+    """The stage-0 checkpoint: a real directory, or a tiny random-weight Qwen2-VL built offline."""
+
+    checkpoint: str | None = Field(
+        None, description="Path to a Qwen2-VL checkpoint directory (e.g. Qwen2-VL-7B-Instruct). None builds the tiny model."
+    )
+    vocab_size: int = Field(1024, ge=256, description="Tiny model: BPE vocabulary trained on the domain's text.")
+    hidden: int = Field(64, ge=16)
+    layers: int = Field(2, ge=1)
+    image_min_pixels: int = Field(56 * 56)
+    image_max_pixels: int = Field(112 * 112)
+    seed: int = 0
+
+
+class RLFilterConfig(_Strict):
+    """Stage-2 data filtering (paper §3.3): the stage-1 model samples ``n_samples`` answers per
+    item; items it gets right ``keep_min..keep_max`` times are kept."""
+
+    n_samples: int = Field(4, ge=1)
+    keep_min: int = Field(1, ge=0)
+    keep_max: int = Field(3, ge=0)
+    temperature: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(512, ge=1)
+    batch_size: int = Field(8, ge=1)
+    on_empty: Literal["error", "keep_all"] = Field(
+        "error", description="What to do when no item survives: fail, or keep every item (recorded in the manifest)."
+    )
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_range(self) -> "RLFilterConfig":
+        if not self.keep_min <= self.keep_max <= self.n_samples:
+            raise ValueError(
+                f"rl_filter needs keep_min ({self.keep_min}) <= keep_max ({self.keep_max}) <= n_samples ({self.n_samples})")
+        return self
+
+
+class EvalStageConfig(_Strict):
+    backend: Literal["hf", "vllm"] = "hf"
+    batch_size: int = Field(16, ge=1)
+    prompt_mode: Literal["r1", "baseline", "cot"] = Field("r1", description="Official DeepPerception prompt by default.")
+    max_new_tokens: int = Field(1500, ge=1, description="Official: 1500.")
+    device: str = "cpu"
+    n_resamples: int = Field(2000, ge=100, description="Bootstrap resamples for CIs.")
+    seed: int = 0
+
+
+class ReproductionConfig(_Strict):
+    profile: str = Field("demo", description="Name of the profile these settings came from.")
+    data: DataSourceConfig = Field(default_factory=DataSourceConfig)
+    collection: CollectionConfig = Field(default_factory=CollectionConfig)
+    labeling: LabelingStageConfig = Field(default_factory=LabelingStageConfig)
+    compose_train: CompositionConfig = Field(default_factory=lambda: CompositionConfig(pool="train"))
+    compose_bench: CompositionConfig = Field(default_factory=lambda: CompositionConfig(pool="test"))
+    distillation: DistillationStageConfig = Field(default_factory=DistillationStageConfig)
+    filtering: FilterConfig = Field(default_factory=FilterConfig)
+    datasets: DatasetsConfig = Field(default_factory=DatasetsConfig)
+    base_model: BaseModelConfig = Field(default_factory=BaseModelConfig)
+    sft: SFTStageConfig = Field(default_factory=lambda: SFTStageConfig.profile("cpu_tiny"))
+    rl_filter: RLFilterConfig = Field(default_factory=RLFilterConfig)
+    grpo: GRPOStageConfig = Field(default_factory=lambda: GRPOStageConfig.profile("cpu_tiny"))
+    evaluation: EvalStageConfig = Field(default_factory=EvalStageConfig)
+
+    def categories(self) -> tuple[list[str], list[str]]:
+        """(seen, all) category lists for scoring, in a stable order."""
+        if self.data.kind == "synthetic":
+            seen = list(self.data.synthetic.seen_categories)
+            return seen, seen + list(self.data.synthetic.unseen_categories)
+        seen = [f.category for f in self.data.folders if f.split == "seen"]
+        unseen = [f.category for f in self.data.folders if f.split == "unseen"]
+        return list(dict.fromkeys(seen)), list(dict.fromkeys(seen + unseen))
+
+
+def profile(name: ProfileName) -> ReproductionConfig:
+    """Build a named profile."""
+    if name == "toy":
+        return ReproductionConfig(
+            profile="toy",
+            data=DataSourceConfig(synthetic=SyntheticDomainConfig(
+                seen_categories=["glider", "fish"], unseen_categories=["badge"], entities_per_category=4)),
+            collection=CollectionConfig(images_per_entity=3, image_size=64),
+            compose_train=CompositionConfig(pool="train", k_min=2, k_max=3, composites_per_category=4, tile_size=64),
+            compose_bench=CompositionConfig(pool="test", k_min=2, k_max=3, composites_per_category=2, tile_size=64),
+            datasets=DatasetsConfig(bench_questions_per_composite=2),
+            base_model=BaseModelConfig(vocab_size=512, image_max_pixels=56 * 56 * 4),
+            sft=SFTStageConfig.profile("cpu_tiny", max_steps=2),
+            rl_filter=RLFilterConfig(n_samples=2, keep_max=1, max_new_tokens=24, on_empty="keep_all"),
+            grpo=GRPOStageConfig.profile("cpu_tiny", max_steps=1, num_generations=2, max_completion_length=16),
+            evaluation=EvalStageConfig(max_new_tokens=24, n_resamples=200),
+        )
+    if name == "demo":
+        return ReproductionConfig(
+            profile="demo",
+            collection=CollectionConfig(images_per_entity=6, image_size=96),
+            compose_train=CompositionConfig(pool="train", k_min=2, k_max=4, composites_per_category=24, tile_size=96),
+            compose_bench=CompositionConfig(pool="test", k_min=2, k_max=4, composites_per_category=8, tile_size=96),
+            base_model=BaseModelConfig(vocab_size=1024, image_max_pixels=112 * 112 * 2),
+            sft=SFTStageConfig.profile("cpu_tiny"),
+            rl_filter=RLFilterConfig(n_samples=4, max_new_tokens=160, on_empty="keep_all"),
+            grpo=GRPOStageConfig.profile("cpu_tiny"),
+            evaluation=EvalStageConfig(max_new_tokens=200, n_resamples=2000),
+        )
+    if name == "paper":
+        return ReproductionConfig(
+            profile="paper",
+            labeling=LabelingStageConfig(backend="openai"),
+            distillation=DistillationStageConfig(backend="openai"),
+            base_model=BaseModelConfig(checkpoint="Qwen2-VL-7B-Instruct"),
+            sft=SFTStageConfig.profile("paper"),
+            rl_filter=RLFilterConfig(max_new_tokens=512),
+            grpo=GRPOStageConfig.profile("paper"),
+            evaluation=EvalStageConfig(max_new_tokens=1500, device="cuda"),
+        )
+    raise ValueError(f"unknown profile {name!r}; expected toy, demo or paper")
+
+
+def load_config(profile_name: str = "demo", override_file: str | None = None) -> ReproductionConfig:
+    """A profile, optionally deep-merged with a JSON or YAML file of overrides."""
+    cfg = profile(profile_name)  # type: ignore[arg-type]
+    if not override_file:
+        return cfg
+    path = Path(override_file)
+    try:
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            overrides = yaml.safe_load(text) or {}
+        else:
+            overrides = json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"config file {path}: cannot read ({exc})") from exc
+    merged = _deep_merge(cfg.model_dump(mode="json"), overrides)
+    try:
+        return ReproductionConfig.model_validate(merged)
+    except ValueError as exc:
+        raise ValueError(f"config file {path}: {exc}") from exc
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; ``over`` wins.
+
+    >>> _deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}})
+    {'a': {'b': 1, 'c': 3}}
+    """
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

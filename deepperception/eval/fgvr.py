@@ -1,0 +1,244 @@
+"""FGVR: multiple-choice fine-grained recognition (prompt, answer parser, scorer).
+
+The official FGVR path cannot run (official-code.md §2.10: it calls the grounding inference with a
+path string, never increments question ids, references undefined names). What it intended, and
+what we keep: the classification template below (``inference.py`` ``CLASSIFICATION_TEMPLATE``,
+two spaces after the question), answers read from the first ``<answer>…</answer>``, a lettered
+ground truth, accuracy per category. What we define ourselves (no official data format survives):
+options are listed one per line as ``A. <option>`` under the question.
+
+Answer parsing (:func:`parse_choice`), in order, on the first complete ``<answer>`` block:
+
+1. ``letter``: the block starts with an option letter, optionally wrapped/prefixed:
+   ``B``, ``B.``, ``(B)``, ``B) Boeing 737``, ``Option B``, ``Answer: B``. A letter beyond the
+   number of options is ``unrecognized``.
+2. ``option_text``: the block equals one option's text (case/space/punctuation-insensitive), or
+   contains exactly one option's text; when several match and one contains all the others
+   ("Boeing 737-800" vs "Boeing 737") the longest wins, otherwise ``ambiguous``.
+3. Otherwise ``unrecognized``; no ``<answer>`` block is ``no_answer_tag``. Nothing outside the
+   answer block is ever used, so a model cannot score by listing every option while thinking.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from deepperception.errors import InputDataError
+from deepperception.eval.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, group_cis
+
+# inference.py @ ae5e8a8, verbatim (two spaces after the question).
+CLASSIFICATION_TEMPLATE = "{Question}  Output the thinking process in <think> </think> and final answer in <answer> </answer> tags."
+LETTERS = string.ascii_uppercase
+STAGE = "eval.fgvr"
+
+_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_OFFICIAL_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>")  # evaluate.py ANSWER_PATTERN (single line)
+_LETTER_RE = re.compile(r"^(?:(?:the\s+)?(?:answer|option|choice)\s*(?:is)?\s*[:：]?\s*)?[(\[]?([A-Za-z])(?:[)\].:：,]|\s|$)",
+                        re.IGNORECASE)
+
+
+def format_options(options: Sequence[str]) -> str:
+    """Options one per line, lettered.
+
+    >>> print(format_options(["Boeing 737", "Airbus A320"]))
+    A. Boeing 737
+    B. Airbus A320
+    """
+    if not 2 <= len(options) <= len(LETTERS):
+        raise ValueError(f"need 2-{len(LETTERS)} options, got {len(options)}")
+    return "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+
+
+def build_question(question: str, options: Sequence[str]) -> str:
+    """Question followed by its lettered options.
+
+    >>> build_question("Which aircraft is this?", ["Boeing 737", "Airbus A320"])
+    'Which aircraft is this?\\nA. Boeing 737\\nB. Airbus A320'
+    """
+    return f"{question}\n{format_options(options)}"
+
+
+def fgvr_prompt(question: str, options: Sequence[str]) -> str:
+    """The user text sent with the image (official classification template).
+
+    >>> fgvr_prompt("Which?", ["x", "y"]).endswith("B. y  Output the thinking process in <think> </think> and final answer in <answer> </answer> tags.")
+    True
+    """
+    return CLASSIFICATION_TEMPLATE.format(Question=build_question(question, options))
+
+
+def _norm(s: str) -> str:
+    s = re.sub(r"<[^<>]{0,40}>", " ", s)  # stray markup such as <strong>
+    s = re.sub(r"\s+", " ", s.casefold()).strip()
+    return s.strip(string.punctuation + " ")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """``letter`` is set iff ``how`` is ``letter`` or ``option_text``."""
+
+    letter: str | None
+    how: str
+
+
+def parse_choice(text: str, options: Sequence[str]) -> Choice:
+    """The chosen option letter, or why there is none.
+
+    >>> opts = ["Boeing 737", "Boeing 737-800", "Airbus A320", "ATR 72"]
+    >>> parse_choice("<think>A or C?</think><answer>C</answer>", opts)
+    Choice(letter='C', how='letter')
+    >>> parse_choice("<answer>(B) Boeing 737-800</answer>", opts)
+    Choice(letter='B', how='letter')
+    >>> parse_choice("<answer>Answer: d.</answer>", opts)
+    Choice(letter='D', how='letter')
+    >>> parse_choice("<answer>It is a boeing 737-800.</answer>", opts)
+    Choice(letter='B', how='option_text')
+    >>> parse_choice("<answer>A Boeing 737-800.</answer>", opts)
+    Choice(letter='B', how='option_text')
+    >>> parse_choice("<answer>Airbus A320 or ATR 72</answer>", opts)
+    Choice(letter=None, how='ambiguous')
+    >>> parse_choice("<answer>E</answer>", opts)
+    Choice(letter=None, how='unrecognized')
+    >>> parse_choice("<think>C</think>", opts)
+    Choice(letter=None, how='no_answer_tag')
+    """
+    m = _ANSWER_RE.search(text)
+    if m is None:
+        return Choice(None, "no_answer_tag")
+    content = m.group(1).strip()
+    lm = _LETTER_RE.match(content)
+    if lm is not None:
+        letter = lm.group(1).upper()
+        rest = content[lm.end():].strip()
+        # "A Boeing ..." / "I think ..." start with a word, not a choice (unless the rest names it).
+        bare = content[lm.start(1) + 1 : lm.start(1) + 2].isspace() and not content[: lm.start(1)].endswith(("(", "["))
+        is_word = bare and bool(rest) and letter in "AI"
+        idx = LETTERS.index(letter)
+        if not is_word or (idx < len(options) and _norm(rest) == _norm(options[idx])):
+            return Choice(letter, "letter") if idx < len(options) else Choice(None, "unrecognized")
+    norm = _norm(content)
+    normed = [_norm(o) for o in options]
+    exact = [i for i, o in enumerate(normed) if o and o == norm]
+    if len(exact) == 1:
+        return Choice(LETTERS[exact[0]], "option_text")
+    hits = [i for i, o in enumerate(normed) if o and re.search(rf"(?<!\w){re.escape(o)}(?!\w)", norm)]
+    if not hits:
+        return Choice(None, "unrecognized")
+    longest = max(hits, key=lambda i: len(normed[i]))
+    if all(normed[i] in normed[longest] for i in hits):
+        return Choice(LETTERS[longest], "option_text")
+    return Choice(None, "ambiguous")
+
+
+def official_choice(text: str) -> str | None:
+    """``evaluate.get_choice`` verbatim: first single-line answer, stripped, cut at the first '.'.
+
+    >>> official_choice("<answer> B. Boeing 737 </answer>")
+    'B'
+    >>> official_choice("<answer>\\nB\\n</answer>") is None
+    True
+    """
+    match = _OFFICIAL_ANSWER_RE.findall(text)
+    if len(match) > 0:
+        choice = match[0].strip()
+        if len(choice) > 1:
+            choice = choice.split(".")[0]
+        return choice
+    return None
+
+
+@dataclass
+class FgvrResult:
+    """``metrics``: ``{"all": {...}, <category>: {...}}`` with ``Acc`` (fraction), ``Num``,
+    ``parse_rate`` and ``official_Acc`` (the intended official rule: :func:`official_choice` ==
+    GT letter); ``cis``: bootstrap CI of ``Acc`` per group; ``predictions``: one row per item."""
+
+    metrics: dict[str, dict[str, Any]]
+    predictions: pd.DataFrame
+    cis: dict[str, dict[str, Any]]
+    num_missing: int
+
+
+def score_fgvr(
+    items: pd.DataFrame | pa.Table,
+    outputs: Mapping[str, str],
+    *,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = 0,
+    artifact: str | None = None,
+) -> FgvrResult:
+    """Score multiple-choice answers. ``items`` needs ``question_id``, ``category``, ``options``
+    (list of strings) and ``answer`` (the correct letter). Questions without output count as
+    wrong (``num_missing``); outputs for unknown ids are an error."""
+    df = items.to_pandas() if isinstance(items, pa.Table) else items.reset_index(drop=True)
+    missing_cols = [c for c in ("question_id", "category", "options", "answer") if c not in df.columns]
+    if missing_cols:
+        raise InputDataError(f"FGVR items lack column(s) {missing_cols}", stage=STAGE, artifact=artifact,
+                             field=missing_cols[0])
+    qids = df["question_id"].tolist()
+    dup = df["question_id"].duplicated(keep=False).to_numpy()
+    if dup.any():
+        rows = np.flatnonzero(dup).tolist()
+        raise InputDataError(f"duplicate question_id in rows {rows[:10]}", stage=STAGE, artifact=artifact,
+                             row=rows[0], field="question_id")
+    opts_list: list[list[str]] = []
+    for i, (opts, ans) in enumerate(zip(df["options"].tolist(), df["answer"].tolist())):
+        opts = list(opts) if opts is not None else []
+        if len(opts) < 2 or not all(isinstance(o, str) and o.strip() for o in opts):
+            raise InputDataError(f"row {i} (question_id={qids[i]!r}): need >= 2 non-empty string options, got {opts!r}",
+                                 stage=STAGE, artifact=artifact, row=i, field="options")
+        if not (isinstance(ans, str) and len(ans) == 1 and ans in LETTERS[: len(opts)]):
+            raise InputDataError(f"row {i} (question_id={qids[i]!r}): answer must be one of "
+                                 f"{list(LETTERS[: len(opts)])}, got {ans!r}", stage=STAGE, artifact=artifact,
+                                 row=i, field="answer")
+        opts_list.append(opts)
+    extra = [q for q in outputs if q not in set(qids)]
+    if extra:
+        raise InputDataError(f"{len(extra)} output(s) for unknown question ids, e.g. {extra[:10]}", stage=STAGE,
+                             artifact=artifact, row=str(extra[0]), field="question_id")
+
+    gts = df["answer"].tolist()
+    chosen: list[str | None] = []
+    hows: list[str] = []
+    official: list[bool] = []
+    for q, opts, gt in zip(qids, opts_list, gts):
+        text = outputs.get(q)
+        if text is None:
+            chosen.append(None)
+            hows.append("no_output")
+            official.append(False)
+            continue
+        c = parse_choice(text, opts)
+        chosen.append(c.letter)
+        hows.append(c.how)
+        official.append(official_choice(text) == gt)
+    correct = np.array([c is not None and c == g for c, g in zip(chosen, gts)], dtype=bool)
+    parsed = np.array([c is not None for c in chosen], dtype=bool)
+    off = np.array(official, dtype=bool)
+
+    cats = df["category"].astype(str).tolist()
+    groups: dict[str, np.ndarray] = {"all": np.arange(len(qids))}
+    for c in dict.fromkeys(cats):
+        groups[c] = np.flatnonzero(np.asarray(cats, dtype=object) == c)
+    metrics = {
+        g: {"Acc": float(correct[idx].mean()), "Num": int(idx.size), "parse_rate": float(parsed[idx].mean()),
+            "official_Acc": float(off[idx].mean())}
+        for g, idx in groups.items() if idx.size
+    }
+    cis = group_cis(correct.astype(np.float64), {g: i for g, i in groups.items() if i.size},
+                    n_resamples=n_resamples, confidence=confidence, seed=seed)
+    predictions = pd.DataFrame({
+        "question_id": qids, "category": cats, "answer": gts, "choice": chosen, "how": hows,
+        "correct": correct, "official_correct": off, "has_output": [q in outputs for q in qids],
+    })
+    return FgvrResult(metrics=metrics, predictions=predictions, cis=cis,
+                      num_missing=int(sum(q not in outputs for q in qids)))

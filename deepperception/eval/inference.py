@@ -1,0 +1,438 @@
+"""Batched, resumable KVG-Bench inference (HF transformers or vLLM).
+
+What the official evaluator does (official-code.md §2): one question at a time, the official
+prompt, ``generate(max_new_tokens=1500)`` with the checkpoint's ``generation_config.json``, decode
+with ``skip_special_tokens=True, clean_up_tokenization_spaces=False``, one JSON file per question
+(so an interrupted run resumes). This module produces the same text per question, but:
+
+* **batched** (left padding; identical output to unbatched greedy, see
+  :mod:`deepperception.model.generation`);
+* **resumable with one file**: ``outputs.jsonl`` gets one line per question, appended once per
+  finished batch (single ``write`` + ``flush`` + ``fsync``). On restart, question ids already in the
+  file are skipped; a truncated last line (process killed mid-write) is detected and cut off.
+  When every question is done the file is rewritten atomically in **bench order**, so the final
+  file is byte-identical to an uninterrupted run's whatever the batching and interruptions were.
+
+Layout of ``out_dir``::
+
+    outputs.jsonl   one JSON object per question, bench order once complete:
+                    question_id, category, prompt_mode, output (decoded text), gt_answer (the bench
+                    "answer" string), gt_bbox ([[x1,y1,x2,y2]] as the official parser reads it, or []),
+                    hw ([height, width] of the original image), n_prompt_tokens,
+                    n_output_tokens (including the EOS token), stop ("eos" | "length")
+    run.json        checkpoint, its config-file hashes, model_type, pixel limits, raw
+                    generation_config.json, resolved decoding, prompt mode, backend, batch size,
+                    dtype, device, versions, status ("partial" | "complete"), counts and timings.
+
+A restart with a different checkpoint / decoding / prompt mode / backend into the same ``out_dir``
+raises :class:`~deepperception.errors.ConfigError` instead of mixing outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal, Sequence
+
+from deepperception.boxes import parse_gt_box
+from deepperception.errors import ConfigError, InputDataError
+from deepperception.prompts import PromptMode, user_text
+
+Backend = Literal["hf", "vllm"]
+OUTPUTS = "outputs.jsonl"
+RUN_JSON = "run.json"
+RUN_SCHEMA = "deepperception.inference/v1"
+BENCH_COLUMNS = ("question_id", "question", "image", "answer")
+# run.json keys that must match for a restart to reuse outputs.jsonl.
+IDENTITY_KEYS = ("checkpoint", "checkpoint_files_sha256", "decoding", "prompt_mode", "backend",
+                 "official_preresize", "dtype", "pixel_limits")
+
+
+# ---------------------------------------------------------------------------------------------
+# rows
+
+def normalize_rows(rows: Any, required: Sequence[str] = BENCH_COLUMNS, *, stage: str = "inference") -> list[dict]:
+    """A list of row dicts from a ``pyarrow.Table`` or an iterable of dicts, checking columns and
+    unique ``question_id``\\ s (raises :class:`InputDataError` naming the row and field).
+
+    >>> normalize_rows([{"question_id": "a", "question": "q", "image": b"", "answer": ""}])[0]["question_id"]
+    'a'
+    >>> normalize_rows([{"question_id": "a"}])
+    Traceback (most recent call last):
+    ...
+    deepperception.errors.InputDataError: [stage=inference row=0 field=question] missing column
+    """
+    try:
+        import pyarrow as pa
+        if isinstance(rows, pa.Table):
+            missing = [c for c in required if c not in rows.column_names]
+            if missing:
+                raise InputDataError(f"table lacks columns {missing}", stage=stage, field=missing[0])
+            rows = rows.to_pylist()
+    except ImportError:  # pragma: no cover
+        pass
+    out: list[dict] = []
+    seen: set[str] = set()
+    for i, r in enumerate(rows):
+        for c in required:
+            if c not in r:
+                raise InputDataError("missing column", stage=stage, row=i, field=c)
+        qid = r["question_id"]
+        if not isinstance(qid, str) or not qid:
+            raise InputDataError(f"question_id must be a non-empty string, got {qid!r}", stage=stage, row=i, field="question_id")
+        if qid in seen:
+            raise InputDataError(f"duplicate question_id {qid!r}", stage=stage, row=i, field="question_id")
+        seen.add(qid)
+        out.append(dict(r))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# outputs.jsonl
+
+def read_outputs(path: Path, *, repair: bool = True) -> dict[str, dict]:
+    """Records in ``outputs.jsonl`` by question id.
+
+    A last line without its newline (or that is not valid JSON) is the trace of a kill mid-write:
+    it is dropped, and with ``repair`` the file is truncated to the last complete line. Corruption
+    anywhere else raises :class:`InputDataError` (that is not something a kill can cause).
+    """
+    if not path.exists():
+        return {}
+    data = path.read_bytes()
+    keep = data.rfind(b"\n") + 1  # bytes up to and including the last newline
+    body, tail = data[:keep], data[keep:]
+    records: dict[str, dict] = {}
+    lines = body.split(b"\n")[:-1] if body else []
+    for n, line in enumerate(lines):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            if n == len(lines) - 1 and not tail:
+                keep -= len(line) + 1  # a complete-looking but broken last line
+                break
+            raise InputDataError(f"corrupt line {n + 1}: {e}", stage="inference", artifact=str(path)) from e
+        records[rec["question_id"]] = rec
+    if repair and keep != len(data):
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+    return records
+
+
+def append_records(path: Path, records: Sequence[dict]) -> None:
+    """Append records as JSON lines in one write, then flush and fsync (durable per batch)."""
+    payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    with open(path, "ab") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    _atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+# ---------------------------------------------------------------------------------------------
+# run.json
+
+def _sha256(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def checkpoint_fingerprint(ckpt_dir: Path) -> dict[str, str]:
+    """SHA-256 of the small files that decide outputs (config, generation and processor config,
+    tokenizer, chat template). Weights are not hashed (15 GB for the 7B model); their path is recorded."""
+    names = ["config.json", "generation_config.json", "preprocessor_config.json", "processor_config.json",
+             "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json"]
+    return {n: _sha256(ckpt_dir / n) for n in names if (ckpt_dir / n).is_file()}
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+    return {"torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def _check_resume(out_dir: Path, meta: dict[str, Any]) -> None:
+    p = out_dir / RUN_JSON
+    if not p.exists():
+        return
+    old = json.loads(p.read_text())
+    diff = [k for k in IDENTITY_KEYS if json.dumps(old.get(k), sort_keys=True) != json.dumps(meta.get(k), sort_keys=True)]
+    if diff:
+        raise ConfigError(
+            f"{out_dir} holds outputs of a different run (differs in {diff}); "
+            "use a fresh out_dir or delete it to start over"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# inference
+
+def _hw(img) -> list[int]:
+    w, h = img.size
+    return [int(h), int(w)]
+
+
+def _record(row: dict, mode: str, gen, hw: list[int]) -> dict[str, Any]:
+    gt = parse_gt_box(row.get("answer") or "")
+    return {
+        "question_id": row["question_id"], "category": row.get("category"), "prompt_mode": mode,
+        "output": gen.text, "gt_answer": row.get("answer"), "gt_bbox": [list(gt)] if gt else [],
+        "hw": hw, "n_prompt_tokens": gen.n_prompt_tokens, "n_output_tokens": gen.n_output_tokens,
+        "stop": gen.stop,
+    }
+
+
+def _length_key(row: dict) -> tuple[int, int]:
+    """Sort key that groups similar prompt lengths (image area dominates) to cut padding."""
+    from deepperception.model.generation import decode_image
+    try:
+        w, h = decode_image(row["image"], row=row["question_id"]).size
+    except InputDataError:
+        return (0, len(row["question"]))
+    return (w * h, len(row["question"]))
+
+
+def _batches(seq: Sequence[dict], n: int) -> Iterator[list[dict]]:
+    for i in range(0, len(seq), n):
+        yield list(seq[i:i + n])
+
+
+def _prepare(rows: Sequence[dict], processor, mode: PromptMode, preresize: bool):
+    from deepperception.model.generation import decode_image, official_fetch_image, render_prompt
+    prompts, images, hws = [], [], []
+    for r in rows:
+        img = decode_image(r["image"], row=r["question_id"])
+        hws.append(_hw(img))
+        img = official_fetch_image(img) if preresize else img.convert("RGB")
+        images.append(img)
+        prompts.append(render_prompt(processor, r["question"], mode))
+    return prompts, images, hws
+
+
+def build_vllm_requests(rows: Sequence[dict], processor, mode: PromptMode = "r1", *, preresize: bool = True) -> list[dict]:
+    """vLLM offline multi-modal requests: ``{"prompt": <chat-templated text with one
+    <|vision_start|><|image_pad|><|vision_end|>>, "multi_modal_data": {"image": PIL}}`` (vLLM
+    expands the single image pad itself)."""
+    prompts, images, _ = _prepare(rows, processor, mode, preresize)
+    return [{"prompt": p, "multi_modal_data": {"image": im}} for p, im in zip(prompts, images)]
+
+
+def vllm_sampling_params_kwargs(spec) -> dict[str, Any]:
+    """``SamplingParams`` kwargs equivalent to the HF decoding ``spec``: greedy is ``temperature=0``;
+    the checkpoint's repetition penalty is kept (the official ``--vllm`` path used 1.0 and 1536
+    tokens and does not reproduce the paper, per its authors; we keep HF's decoding instead).
+
+    >>> from deepperception.model.generation import DecodingSpec
+    >>> vllm_sampling_params_kwargs(DecodingSpec(True, 1500, 1.05))
+    {'n': 1, 'max_tokens': 1500, 'repetition_penalty': 1.05, 'skip_special_tokens': True, 'temperature': 0.0}
+    """
+    kw: dict[str, Any] = {"n": 1, "max_tokens": spec.max_new_tokens, "repetition_penalty": spec.repetition_penalty,
+                          "skip_special_tokens": True}
+    if spec.greedy:
+        kw["temperature"] = 0.0
+    else:
+        kw.update(temperature=spec.temperature, top_k=spec.top_k if spec.top_k > 0 else -1, top_p=spec.top_p)
+    return kw
+
+
+class _VllmGenerator:
+    """Lazy vLLM engine (``gpu`` extra). One ``LLM`` per run; each batch is one ``generate`` call."""
+
+    def __init__(self, ckpt_dir: Path, spec, max_model_len: int, gpu_memory_utilization: float):
+        try:
+            from vllm import LLM, SamplingParams
+        except ImportError as e:  # pragma: no cover - GPU hosts only
+            raise ConfigError("backend='vllm' needs the 'gpu' extra (pip install 'deepperception[gpu]')") from e
+        self.llm = LLM(model=str(ckpt_dir), max_model_len=max_model_len, limit_mm_per_prompt={"image": 1},
+                       gpu_memory_utilization=gpu_memory_utilization, seed=0)
+        self.params = SamplingParams(**vllm_sampling_params_kwargs(spec))
+
+    def __call__(self, requests: list[dict]):
+        from deepperception.model.generation import Generated
+        outs = self.llm.generate(requests, self.params, use_tqdm=False)
+        res = []
+        for o in outs:
+            c = o.outputs[0]
+            res.append(Generated(c.text, len(o.prompt_token_ids or []), len(c.token_ids),
+                                 "eos" if c.finish_reason == "stop" else "length"))
+        return res
+
+
+def run_inference(
+    bench_rows: Any,
+    ckpt_dir: str | Path,
+    out_dir: str | Path,
+    backend: Backend = "hf",
+    batch_size: int = 16,
+    prompt_mode: PromptMode = "r1",
+    max_new_tokens: int = 1500,
+    device: str = "cpu",
+    *,
+    dtype: str | None = None,
+    attn_implementation: str | None = None,
+    official_preresize: bool = True,
+    sort_by_length: bool = True,
+    max_batches: int | None = None,
+    vllm_max_model_len: int = 17920,
+    vllm_gpu_memory_utilization: float = 0.9,
+) -> Path:
+    """Generate one answer per bench question into ``out_dir/outputs.jsonl``; returns its path.
+
+    ``bench_rows``: a ``pyarrow.Table`` or iterable of dicts in KVG-Bench schema (``question_id``,
+    ``question``, ``image`` = ``{bytes, path}`` struct / bytes / PIL, ``answer``, ``category``).
+    ``prompt_mode``: ``r1`` (DeepPerception), ``baseline`` (raw question, base Qwen2-VL) or ``cot``.
+    Decoding comes from the checkpoint's ``generation_config.json`` (greedy for Qwen2-VL-Instruct;
+    see :func:`~deepperception.model.generation.decoding_from_generation_config`).
+    ``dtype`` defaults to float32 on CPU and bfloat16 elsewhere (the official evaluator's dtype).
+    ``official_preresize`` applies qwen_vl_utils' resize before the processor, as the official
+    evaluator does. ``sort_by_length`` batches similar image sizes together (output order is bench
+    order regardless). ``max_batches`` stops after that many batches (a time-boxed partial run:
+    ``run.json`` then says ``"status": "partial"``; call again to continue).
+    """
+    from deepperception.model.generation import decoding_from_generation_config
+    from deepperception.model.loading import model_type, read_pixel_limits
+
+    if backend not in ("hf", "vllm"):
+        raise ConfigError(f"backend must be 'hf' or 'vllm', got {backend!r}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    user_text("", prompt_mode)  # validates the mode
+    ckpt = Path(ckpt_dir).resolve()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = normalize_rows(bench_rows)
+
+    gen_path = ckpt / "generation_config.json"
+    gen_cfg = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
+    spec = decoding_from_generation_config(gen_cfg, max_new_tokens)
+    dtype = dtype or ("float32" if device == "cpu" else "bfloat16")
+    meta: dict[str, Any] = {
+        "schema": RUN_SCHEMA, "checkpoint": str(ckpt), "checkpoint_files_sha256": checkpoint_fingerprint(ckpt),
+        "model_type": model_type(ckpt), "pixel_limits": read_pixel_limits(ckpt), "generation_config": gen_cfg,
+        "decoding": spec.to_dict(), "prompt_mode": prompt_mode, "backend": backend, "batch_size": batch_size,
+        "official_preresize": official_preresize, "dtype": dtype, "device": device,
+        "attn_implementation": attn_implementation, "versions": _versions(), "n_questions": len(rows),
+    }
+    _check_resume(out, meta)
+    outputs = out / OUTPUTS
+    done = read_outputs(outputs)
+    bench_ids = {r["question_id"] for r in rows}
+    stray = sorted(set(done) - bench_ids)
+    if stray:
+        raise InputDataError(f"{outputs} has question ids not in this bench (e.g. {stray[:3]}); wrong out_dir?",
+                             stage="inference", artifact=str(outputs))
+    pending = [r for r in rows if r["question_id"] not in done]
+    if sort_by_length:
+        pending.sort(key=_length_key)
+    meta.update(status="partial", n_outputs=len(done), resumed_from=len(done))
+    _write_json(out / RUN_JSON, meta)
+
+    t0 = time.perf_counter()
+    n_new = 0
+    if pending:
+        from deepperception.model.loading import load_model, load_processor
+        processor = load_processor(ckpt)
+        if backend == "hf":
+            from deepperception.model.generation import generate_batch
+            model = load_model(ckpt, device=device, dtype=dtype, attn_implementation=attn_implementation)
+            generate = lambda prompts, images: generate_batch(model, processor, prompts, images, spec)  # noqa: E731
+        else:
+            vgen = _VllmGenerator(ckpt, spec, vllm_max_model_len, vllm_gpu_memory_utilization)
+            generate = lambda prompts, images: vgen([{"prompt": p, "multi_modal_data": {"image": im}}  # noqa: E731
+                                                     for p, im in zip(prompts, images)])
+        for b, batch in enumerate(_batches(pending, batch_size)):
+            if max_batches is not None and b >= max_batches:
+                break
+            prompts, images, hws = _prepare(batch, processor, prompt_mode, official_preresize)
+            gens = generate(prompts, images)
+            recs = [_record(r, prompt_mode, g, hw) for r, g, hw in zip(batch, gens, hws)]
+            append_records(outputs, recs)
+            for rec in recs:
+                done[rec["question_id"]] = rec
+            n_new += len(recs)
+    elapsed = time.perf_counter() - t0
+
+    complete = len(done) == len(rows)
+    if complete:
+        # Canonical form: bench order, rewritten atomically (a kill here leaves the old file intact).
+        payload = "".join(json.dumps(done[r["question_id"]], ensure_ascii=False) + "\n" for r in rows)
+        _atomic_write(outputs, payload.encode("utf-8"))
+    elif not outputs.exists():
+        outputs.touch()
+    meta.update(status="complete" if complete else "partial", n_outputs=len(done),
+                timing={"generated": n_new, "seconds": round(elapsed, 3),
+                        "samples_per_s": round(n_new / elapsed, 3) if n_new and elapsed > 0 else None})
+    _write_json(out / RUN_JSON, meta)
+    return outputs
+
+
+def sample_answers(
+    rows: Any,
+    ckpt_dir: str | Path,
+    n: int = 4,
+    temperature: float = 1.0,
+    max_new_tokens: int = 512,
+    seed: int = 0,
+    batch_size: int = 8,
+    *,
+    prompt_mode: PromptMode = "r1",
+    top_k: int = 0,
+    top_p: float = 1.0,
+    device: str = "cpu",
+    dtype: str | None = None,
+    official_preresize: bool = False,
+) -> dict[str, list[str]]:
+    """``n`` sampled answers per question (RL data filtering, official-code.md §4.1 step 5).
+
+    Rows need ``question_id``, ``image`` and either ``problem`` (GRPO schema) or ``question``.
+    Sampling ignores the checkpoint's ``top_k=1`` (which would make every sample the greedy one):
+    it uses ``temperature`` / ``top_k`` (0 = off) / ``top_p`` as given, no repetition penalty.
+    Reproducible for the same ``(rows, seed, batch_size)``: batch ``b`` runs under
+    ``torch.manual_seed(seed + b)`` inside a forked RNG, so the caller's RNG is untouched.
+    ``official_preresize`` defaults to False: GRPO training feeds images to the processor directly.
+    """
+    import torch
+
+    from deepperception.model.generation import DecodingSpec, generate_batch
+    from deepperception.model.loading import load_model, load_processor
+
+    if n < 1:
+        raise ConfigError(f"n must be >= 1, got {n}")
+    rows = list(rows.to_pylist()) if hasattr(rows, "to_pylist") else list(rows)
+    for i, r in enumerate(rows):
+        if "question" not in r and "problem" in r:
+            r = dict(r, question=r["problem"])
+            rows[i] = r
+    rows = normalize_rows(rows, ("question_id", "question", "image"), stage="sample_answers")
+    ckpt = Path(ckpt_dir)
+    processor = load_processor(ckpt)
+    dtype = dtype or ("float32" if device == "cpu" else "bfloat16")
+    model = load_model(ckpt, device=device, dtype=dtype)
+    spec = DecodingSpec(False, max_new_tokens, 1.0, temperature=temperature, top_k=top_k, top_p=top_p,
+                        source="sample_answers")
+    result: dict[str, list[str]] = {}
+    for b, batch in enumerate(_batches(rows, batch_size)):
+        prompts, images, _ = _prepare(batch, processor, prompt_mode, official_preresize)
+        with torch.random.fork_rng(devices=[] if device == "cpu" else None):
+            torch.manual_seed(seed + b)
+            gens = generate_batch(model, processor, prompts, images, spec, num_return_sequences=n,
+                                  suppress_image_token=True)
+        for j, r in enumerate(batch):
+            result[r["question_id"]] = [g.text for g in gens[j * n:(j + 1) * n]]
+    return result

@@ -1,0 +1,1 @@
+"""Model building (tiny offline Qwen2-VL), loading and generation helpers."""

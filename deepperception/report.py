@@ -1,0 +1,102 @@
+"""The reproduction report: Acc@0.5 and mean IoU per category, seen / unseen / overall, for
+every evaluated checkpoint, each number carrying the artifact versions it came from."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+OVERALL_GROUPS = ("all", "seen domain", "unseen domain")
+
+
+class EvalSummary(BaseModel):
+    """One checkpoint's evaluation, with its lineage."""
+
+    label: str = Field(description="base / sft / grpo, or any name for an extra checkpoint.")
+    checkpoint: str = Field(description="Checkpoint artifact name@version (or an external path).")
+    bench: str = Field(description="Bench artifact name@version.")
+    evaluation: str = Field(description="Evaluation artifact name@version holding outputs and predictions.")
+    config_hash: str
+    code_version: str
+    metrics: dict[str, Any] = Field(description="Official metrics.json content.")
+    strict: dict[str, Any] = Field(default_factory=dict, description="Strict-parser summary per group.")
+    cis: dict[str, Any] = Field(default_factory=dict, description="95% bootstrap CI of Acc per group.")
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+def _cell(metrics: dict[str, Any], group: str) -> dict[str, Any] | None:
+    g = metrics.get(group)
+    if not isinstance(g, dict):
+        return None
+    return g.get("all", g) if isinstance(g.get("all", g), dict) else None
+
+
+def groups_in(summaries: list[EvalSummary]) -> list[str]:
+    """Overall groups first, then categories in the order the metrics list them."""
+    order: list[str] = [g for g in OVERALL_GROUPS]
+    for s in summaries:
+        for key in s.metrics:
+            if key not in order:
+                order.append(key)
+    return order
+
+
+def _fmt(v: Any) -> str:
+    return "—" if v is None else (f"{v:.2f}" if isinstance(v, (int, float)) else str(v))
+
+
+def _ci_text(s: EvalSummary, group: str) -> str:
+    ci = s.cis.get(group)
+    if not ci:
+        return ""
+    lo, hi = ci.get("low", ci.get("lo")), ci.get("high", ci.get("hi"))
+    return f" [{_fmt(lo)}, {_fmt(hi)}]" if lo is not None and hi is not None else ""
+
+
+def render_markdown(summaries: list[EvalSummary], header: dict[str, Any]) -> str:
+    lines = ["# DeepPerception reproduction report", ""]
+    for k, v in header.items():
+        lines.append(f"- **{k}**: `{v}`")
+    lines += [
+        "",
+        "Acc@0.5 is the official KVG-Bench accuracy (IoU ≥ 0.5 with the official 8-regex parser) in the",
+        "official metrics.json units; mean IoU likewise. Brackets: 95% bootstrap CI of Acc.",
+        "",
+    ]
+    labels = [s.label for s in summaries]
+    head = "| group | N | " + " | ".join(f"{l} Acc@0.5 | {l} IoU" for l in labels) + " |"
+    sep = "|---|---:|" + "---:|---:|" * len(labels)
+    lines += ["## Results", "", head, sep]
+    for group in groups_in(summaries):
+        cells = [_cell(s.metrics, group) for s in summaries]
+        if all(c is None for c in cells):
+            continue
+        n = next((c.get("Num") for c in cells if c), None)
+        row = [group, _fmt(n)]
+        for s, c in zip(summaries, cells):
+            row += [(_fmt(c.get("Acc")) + _ci_text(s, group)) if c else "—", _fmt(c.get("IoU")) if c else "—"]
+        lines.append("| " + " | ".join(row) + " |")
+    if any(s.strict for s in summaries):
+        lines += ["", "## Strict scoring (box must be a valid box inside <answer>)", ""]
+        lines += ["| checkpoint | strict Acc | parse rate | official hits from outside <answer> |", "|---|---:|---:|---:|"]
+        for s in summaries:
+            st = s.strict.get("all", s.strict)
+            lines.append(
+                f"| {s.label} | {_fmt(st.get('acc', st.get('Acc')))} | {_fmt(st.get('parse_rate'))} | "
+                f"{_fmt(st.get('official_hits_outside_answer', st.get('outside_answer_hits')))} |"
+            )
+    lines += ["", "## Lineage", "", "| checkpoint | checkpoint artifact | bench | evaluation | config hash | code |",
+              "|---|---|---|---|---|---|"]
+    for s in summaries:
+        lines.append(
+            f"| {s.label} | `{s.checkpoint}` | `{s.bench}` | `{s.evaluation}` | `{s.config_hash}` | `{s.code_version}` |"
+        )
+    notes = [f"- {s.label}: {note}" for s in summaries for note in s.extra.get("notes", [])]
+    if notes:
+        lines += ["", "## Notes", ""] + notes
+    return "\n".join(lines) + "\n"
+
+
+def render_json(summaries: list[EvalSummary], header: dict[str, Any]) -> dict[str, Any]:
+    return {"header": header, "checkpoints": [s.model_dump(mode="json") for s in summaries]}

@@ -1,0 +1,1 @@
+"""Training stages: CoT-SFT, GRPO, their rewards, and RL data filtering."""

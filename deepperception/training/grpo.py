@@ -1,0 +1,191 @@
+"""Stage 2: GRPO with TRL's ``GRPOTrainer`` and the released IoU + format rewards.
+
+Official run (MaxyLee/R1-V ``run_grpo.sh`` + ``grpo.py``, official-code.md §4.4): lr 1e-6, 2 epochs,
+1 prompt per GPU x 2 accumulation x 8 GPUs, 4 generations, max completion 512, beta 0.04, bf16,
+no gradient checkpointing, ``max_pixels`` 401408, ZeRO-3, linear decay, no warmup, HF-generate
+rollouts (no vLLM), one update per batch (no clipping in effect).
+
+Mapping to TRL 1.16 (checked against its source):
+
+* TRL's ``per_device_train_batch_size`` counts **completions**, the official trainer's counts
+  prompts. Official per GPU: 1 prompt x 4 generations x 2 accumulation steps, so the ``paper``
+  profile uses ``per_device_train_batch_size=4, gradient_accumulation_steps=2, num_generations=4``
+  (= 16 prompts / 64 completions per optimizer step on 8 GPUs, as the official run).
+* ``loss_type="grpo"`` is the official per-sequence token mean then batch mean; advantages are
+  ``(r - mean) / (std + 1e-4)`` with unbiased std in both (``scale_rewards="group"``); KL is the k3
+  estimator in both. TRL's defaults differ (``loss_type="dapo"``, ``beta=0``), so both are explicit.
+* Rollout sampling: the official trainer built ``GenerationConfig(do_sample=True, temperature=1)``
+  under transformers 4.49, whose unset ``top_k`` defaulted to 50, so ``paper`` uses ``top_k=50``
+  (*inferred*, not logged by the authors). TRL suppresses ``<|image_pad|>`` in rollouts.
+* TRL 1.16 has no ``max_prompt_length`` (official 1024, whose truncation was a latent no-op), so
+  there is no such field.
+
+Input rows (``pyarrow.Table``): ``question_id``, ``image`` (struct ``{bytes, path}``), ``problem``,
+``solution``. Prompt = :func:`deepperception.prompts.grounding_messages` (``problem``, ``"r1"``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from deepperception.errors import ConfigError, InputDataError
+from deepperception.prompts import grounding_messages
+from deepperception.training.common import (
+    Timer, TrainResult, remove_if_empty, loss_metrics, png_to_pil, require_columns, write_stage_json,
+)
+from deepperception.training.rewards import FormatMode, RewardConfig, make_reward_funcs
+
+GRPO_COLUMNS = ("question_id", "image", "problem", "solution")
+DEFAULT_ZERO3 = str(Path(__file__).resolve().parents[2] / "infra" / "deepspeed" / "zero3.json")
+
+
+class GRPOStageConfig(BaseModel):
+    """GRPO settings (a typed subset of TRL's ``GRPOConfig`` plus reward options)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    learning_rate: float = Field(1e-6, gt=0, description="Official 1e-6.")
+    num_train_epochs: float = Field(2.0, gt=0, description="Official 2. Ignored when max_steps > 0.")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
+    per_device_train_batch_size: int = Field(4, ge=1, description=(
+        "Completions per device per micro-step (TRL counts completions; official 1 prompt x 4 generations)."))
+    gradient_accumulation_steps: int = Field(2, ge=1, description="Official 2.")
+    num_generations: int = Field(4, ge=2, description="Samples per prompt G (official 4).")
+    world_size: int = Field(1, ge=1, description="Number of training processes; only used to validate batch divisibility.")
+    max_completion_length: int = Field(512, ge=1, description="Official 512 new tokens per rollout.")
+    temperature: float = Field(1.0, gt=0, description="Rollout temperature (official 1.0).")
+    top_k: int = Field(50, ge=0, description="Rollout top-k; 0 disables (official: transformers 4.49 default 50, inferred).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Rollout top-p (official 1.0).")
+    beta: float = Field(0.04, ge=0, description="KL coefficient (official 0.04; TRL default 0 loads no reference model).")
+    loss_type: str = Field("grpo", description="TRL loss aggregation; 'grpo' matches the official loss.")
+    scale_rewards: str = Field("group", description="Advantage std normalisation ('group' = official).")
+    iou_threshold: float = Field(0.8, ge=0, le=1, description="IoU reward pays IoU only when > threshold (released 0.8).")
+    format_mode: FormatMode = Field("released", description="'released' (max 0.5) or 'intended' (+0.5 for a Qwen box).")
+    use_vllm: bool = Field(False, description="vLLM rollouts (GPU only; the official run used HF generate).")
+    bf16: bool = Field(True, description="bf16 (official true). False on CPU.")
+    use_cpu: bool = Field(False, description="Force CPU training (CI/demo).")
+    activation_checkpointing: bool = Field(False, description="Official gradient_checkpointing false.")
+    image_min_pixels: int | None = Field(3136, description="Processor min_pixels (official 3136).")
+    image_max_pixels: int | None = Field(401408, description="Processor max_pixels (official 401408). None: keep.")
+    lr_scheduler_type: str = Field("linear", description="HF default linear decay (official: not set).")
+    warmup_ratio: float = Field(0.0, ge=0, le=1, description="Official 0.")
+    weight_decay: float = Field(0.0, ge=0, description="Official 0.")
+    deepspeed: str | None = Field(None, description="DeepSpeed JSON (paper: infra/deepspeed/zero3.json). GPU only.")
+    seed: int = Field(42, description="Trainer seed: data order and rollout sampling.")
+    logging_steps: int = Field(1, ge=1, description="Log every N steps.")
+    report_to: str = Field("none", description="'none', 'wandb', ...")
+
+    @model_validator(mode="after")
+    def _check_batch(self) -> "GRPOStageConfig":
+        global_batch = self.per_device_train_batch_size * self.gradient_accumulation_steps * self.world_size
+        if global_batch % self.num_generations:
+            raise ConfigError(
+                f"per_device_train_batch_size ({self.per_device_train_batch_size}) x gradient_accumulation_steps "
+                f"({self.gradient_accumulation_steps}) x world_size ({self.world_size}) = {global_batch} completions "
+                f"must be divisible by num_generations ({self.num_generations})"
+            )
+        if self.use_vllm and self.use_cpu:
+            raise ConfigError("use_vllm=True needs a GPU; set use_cpu=False or use_vllm=False")
+        return self
+
+    @property
+    def reward(self) -> RewardConfig:
+        return RewardConfig(iou_threshold=self.iou_threshold, format_mode=self.format_mode)
+
+    @classmethod
+    def profile(cls, name: Literal["paper", "cpu_tiny"], **overrides: Any) -> "GRPOStageConfig":
+        """``paper``: official §4.4 values on 8 GPUs. ``cpu_tiny``: 2 prompts x 2 generations per step,
+        short completions, fp32 on CPU.
+
+        >>> GRPOStageConfig.profile("paper").beta
+        0.04
+        >>> GRPOStageConfig.profile("cpu_tiny", num_generations=3)
+        Traceback (most recent call last):
+        ...
+        pydantic_core._pydantic_core.ValidationError: 1 validation error for GRPOStageConfig
+        ...
+        """
+        if name == "paper":
+            base: dict[str, Any] = dict(deepspeed=DEFAULT_ZERO3, world_size=8)
+        elif name == "cpu_tiny":
+            base = dict(learning_rate=1e-4, max_steps=2, per_device_train_batch_size=4, gradient_accumulation_steps=1,
+                        num_generations=2, max_completion_length=16, top_k=0, bf16=False, use_cpu=True,
+                        image_min_pixels=None, image_max_pixels=None, seed=0)
+        else:
+            raise ConfigError(f"unknown GRPO profile {name!r}; expected 'paper' or 'cpu_tiny'")
+        base.update(overrides)
+        return cls(**base)
+
+
+def _dataset(rows, stage: str = "grpo"):
+    from datasets import Dataset
+
+    require_columns(rows, GRPO_COLUMNS, stage)
+    prompts, images, solutions, qids = [], [], [], []
+    for r in rows.to_pylist():
+        qid = r["question_id"]
+        if not isinstance(r["problem"], str) or not r["problem"]:
+            raise InputDataError("empty problem", stage=stage, row=qid, field="problem")
+        if not isinstance(r["solution"], str) or not r["solution"]:
+            raise InputDataError("empty solution", stage=stage, row=qid, field="solution")
+        prompts.append(grounding_messages(r["problem"], "r1"))
+        images.append(png_to_pil(r["image"], stage=stage, row=qid, field_name="image"))
+        solutions.append(r["solution"])
+        qids.append(qid)
+    return Dataset.from_dict({"prompt": prompts, "image": images, "solution": solutions, "question_id": qids})
+
+
+def train_grpo(rows, ckpt_dir: str | Path, out_dir: str | Path, cfg: GRPOStageConfig | None = None) -> TrainResult:
+    """GRPO-train ``ckpt_dir`` (the stage-1 checkpoint) on ``rows``; save a reloadable checkpoint in
+    ``out_dir`` with ``train_stage.json`` (config, reward config, metrics)."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    from deepperception.model.loading import load_model, load_processor, read_size, save_processor, set_pixel_limits
+
+    cfg = cfg or GRPOStageConfig.profile("paper")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = _dataset(rows)
+    processor = set_pixel_limits(load_processor(ckpt_dir), cfg.image_min_pixels, cfg.image_max_pixels)
+    dtype = "bfloat16" if cfg.bf16 and not cfg.use_cpu else "float32"
+    model = load_model(ckpt_dir, device="cpu", dtype=dtype)
+    model.train()
+    args = GRPOConfig(
+        output_dir=str(out / "_trainer"), learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps, per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, top_k=cfg.top_k,
+        top_p=cfg.top_p, beta=cfg.beta, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards,
+        use_vllm=cfg.use_vllm, bf16=cfg.bf16, fp16=False, use_cpu=cfg.use_cpu,
+        activation_checkpointing=cfg.activation_checkpointing, lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay, deepspeed=cfg.deepspeed, seed=cfg.seed,
+        data_seed=cfg.seed, logging_steps=cfg.logging_steps, report_to=cfg.report_to, save_strategy="no",
+        dataloader_num_workers=0, disable_tqdm=True,
+    )
+    trainer = GRPOTrainer(model=model, reward_funcs=make_reward_funcs(cfg.reward), args=args, train_dataset=ds,
+                          processing_class=processor)
+    with Timer() as t:
+        trainer.train()
+    trainer.save_model(str(out))
+    save_processor(processor, out)
+    remove_if_empty(out / "_trainer")
+    hist = trainer.state.log_history
+    steps = trainer.state.global_step
+
+    def series(key: str) -> list[float]:
+        return [h[key] for h in hist if key in h]
+
+    metrics: dict[str, Any] = {
+        **loss_metrics(hist), "steps": steps, "runtime_s": round(t.seconds, 3),
+        "s_per_step": round(t.seconds / steps, 4) if steps else None, "n_rows": len(ds),
+        "reward": series("reward"), "reward_iou": series("rewards/iou_reward/mean"),
+        "reward_format": series("rewards/format_reward/mean"), "kl": series("kl"),
+        "completion_mean_length": series("completions/mean_length"),
+        "pixel_limits": read_size(processor.image_processor),
+    }
+    write_stage_json(out, "train_stage.json", {"stage": "grpo", "base_checkpoint": str(ckpt_dir),
+                                               "config": cfg.model_dump(), "metrics": metrics})
+    return TrainResult(out, metrics)

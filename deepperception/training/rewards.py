@@ -1,0 +1,141 @@
+"""GRPO rewards, transcribed from the released reward code (MaxyLee/R1-V @ a84b874, ``grpo.py``).
+
+Pure functions with TRL's reward signature ``(completions, solution, **kwargs) -> list[float]``.
+``completions`` may be plain strings or TRL's conversational form
+``[[{"role": "assistant", "content": str}], ...]``. Exact logic (official-code.md §4.5):
+
+* :func:`iou_reward`: GT box = ``grpo_bbox(solution)``; prediction = ``grpo_bbox`` of the **first**
+  ``<answer>([\\S\\n\\t\\v ]*?)</answer>``; reward = IoU if IoU > threshold (strict; 0.8 released),
+  else 0. No answer block -> 0.
+* :func:`format_reward`: 0.5 if ``re.match`` (anchored at the start) of
+  ``<think>…</think>\\s*<answer>…</answer>``, plus, in ``intended`` mode, 0.5 if the first answer
+  holds a ``(x1,y1),(x2,y2)`` box. In ``released`` mode that second half is tested as the released
+  code does (``match_type == 1``), which can never be true because its ``get_bbox`` returns
+  ``i + 2``; so the released format reward is at most 0.5.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any, Callable, Literal, Sequence
+
+from pydantic import BaseModel, Field
+
+from deepperception.boxes import box_iou
+from deepperception.eval.parsing import GRPO_FORMAT_RE, grpo_bbox, grpo_first_answer
+
+FormatMode = Literal["released", "intended"]
+
+
+class RewardConfig(BaseModel):
+    """Reward settings recorded with a GRPO run."""
+
+    iou_threshold: float = Field(0.8, ge=0.0, le=1.0, description=(
+        "IoU reward pays IoU only when IoU > threshold (strict). Released code: 0.8; the released "
+        "model was probably trained with 0.85 (run notes); KARL uses 0.65."))
+    format_mode: FormatMode = Field("released", description=(
+        "'released': structure half only (max 0.5, the box half is dead code); 'intended': +0.5 "
+        "when the answer holds a (x1,y1),(x2,y2) box."))
+
+
+def completion_text(completion: Any) -> str:
+    """The text of one completion, plain or conversational.
+
+    >>> completion_text("<answer>x</answer>")
+    '<answer>x</answer>'
+    >>> completion_text([{"role": "assistant", "content": "hi"}])
+    'hi'
+    >>> completion_text([{"role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}])
+    'ab'
+    """
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        completion = [completion]
+    msg = completion[0] if completion else {}
+    content = msg.get("content", "")
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text") or "" for p in content if isinstance(p, dict))
+
+
+def iou_score(text: str, solution: str, threshold: float = 0.8) -> float:
+    """The released IoU reward for one completion.
+
+    >>> sol = "<answer> <|object_ref_start|>X<|object_ref_end|><|box_start|>(0,0),(100,100)<|box_end|> </answer>"
+    >>> iou_score("<think>t</think><answer>(0,0),(100,90)</answer>", sol)
+    0.8999999761581421
+    >>> iou_score("<think>t</think><answer>(0,0),(100,70)</answer>", sol)   # 0.7 is not > 0.8
+    0.0
+    >>> iou_score("<answer>(0,0),(100,80)</answer>", sol)   # float32 0.8 > float 0.8, as released (iou.item())
+    0.800000011920929
+    >>> iou_score("(0,0),(100,100)", sol)                                      # no answer tag
+    0.0
+    """
+    answer = grpo_first_answer(text)
+    if answer is None:
+        return 0.0
+    gt, _ = grpo_bbox(solution)
+    pred, _ = grpo_bbox(answer)
+    iou = box_iou(gt, pred)
+    if math.isnan(iou):
+        return 0.0
+    return float(iou) if iou > threshold else 0.0
+
+
+def format_score(text: str, mode: FormatMode = "released") -> float:
+    """The format reward for one completion.
+
+    >>> format_score("<think>a</think>\\n<answer>(1,2),(3,4)</answer>")
+    0.5
+    >>> format_score("<think>a</think>\\n<answer>(1,2),(3,4)</answer>", "intended")
+    1.0
+    >>> format_score(" <think>a</think><answer>b</answer>")   # anchored: leading space fails
+    0.0
+    """
+    if mode not in ("released", "intended"):
+        raise ValueError(f"format mode must be 'released' or 'intended', got {mode!r}")
+    score = 0.5 if GRPO_FORMAT_RE.match(text) else 0.0
+    answer = grpo_first_answer(text)
+    if answer is not None:
+        _, match_type = grpo_bbox(answer)
+        # Released: `== 1`, unreachable (get_bbox returns i+2). Intended: the (x1,y1),(x2,y2) regex.
+        if match_type == (1 if mode == "released" else 2):
+            score += 0.5
+    return score
+
+
+def iou_reward(completions: Sequence[Any], solution: Sequence[str], threshold: float = 0.8, **kwargs: Any) -> list[float]:
+    """TRL reward: :func:`iou_score` per completion.
+
+    >>> sol = "<|box_start|>(0,0),(100,100)<|box_end|>"
+    >>> iou_reward([[{"role": "assistant", "content": "<answer>(0,0),(100,100)</answer>"}], "x"], [sol, sol])
+    [1.0, 0.0]
+    """
+    return [iou_score(completion_text(c), s, threshold) for c, s in zip(completions, solution, strict=True)]
+
+
+def format_reward(completions: Sequence[Any], solution: Sequence[str] | None = None, mode: FormatMode = "released",
+                  **kwargs: Any) -> list[float]:
+    """TRL reward: :func:`format_score` per completion (``solution`` is unused, accepted for the signature).
+
+    >>> format_reward(["<think>a</think><answer>(1,2),(3,4)</answer>", "no"], mode="intended")
+    [1.0, 0.0]
+    """
+    return [format_score(completion_text(c), mode) for c in completions]
+
+
+def make_reward_funcs(cfg: RewardConfig | None = None) -> list[Callable[..., list[float]]]:
+    """``[iou_reward, format_reward]`` bound to ``cfg``, named as TRL logs them
+    (``rewards/iou_reward/mean``, ``rewards/format_reward/mean``).
+
+    >>> [f.__name__ for f in make_reward_funcs()]
+    ['iou_reward', 'format_reward']
+    """
+    cfg = cfg or RewardConfig()
+    iou = partial(iou_reward, threshold=cfg.iou_threshold)
+    iou.__name__ = "iou_reward"  # type: ignore[attr-defined]
+    fmt = partial(format_reward, mode=cfg.format_mode)
+    fmt.__name__ = "format_reward"  # type: ignore[attr-defined]
+    return [iou, fmt]

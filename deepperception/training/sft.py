@@ -1,0 +1,151 @@
+"""Stage 1: CoT-SFT with TRL's ``SFTTrainer``.
+
+The official stage is LLaMA-Factory full fine-tuning of Qwen2-VL-7B-Instruct
+(``qwen2vl_cot_sft.yaml``, official-code.md §4.2): lr 5e-6, 1 epoch, cosine, warmup 0.1, bf16,
+batch 2 per device x 8 GPUs, ZeRO-3, vision tower and projector frozen, ``image_max_pixels``
+401408, ``cutoff_len`` 4096. :meth:`SFTStageConfig.profile` ``"paper"`` reproduces those settings;
+``"cpu_tiny"`` is the CI/demo profile for the tiny model.
+
+Input rows (``pyarrow.Table``): ``question_id``, ``messages`` (JSON string of TRL conversational
+messages whose user turn has a ``{"type": "image"}`` part), ``images`` (``list<binary>`` PNG bytes,
+one per image part). Output: a checkpoint directory that reloads with
+:func:`~deepperception.model.loading.load_model` / ``load_processor`` (weights, config,
+generation config of the base, tokenizer, processor incl. pixel limits), plus ``train_stage.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from deepperception.errors import ConfigError, InputDataError
+from deepperception.training.common import (
+    Timer, TrainResult, remove_if_empty, freeze_vision, loss_metrics, png_to_pil, require_columns, write_stage_json,
+)
+
+SFT_COLUMNS = ("question_id", "messages", "images")
+DEFAULT_ZERO3 = str(Path(__file__).resolve().parents[2] / "infra" / "deepspeed" / "zero3.json")
+
+
+class SFTStageConfig(BaseModel):
+    """CoT-SFT settings (a typed subset of TRL's ``SFTConfig`` plus the freezing options)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    learning_rate: float = Field(5e-6, gt=0, description="Peak LR (official 5e-6).")
+    num_train_epochs: float = Field(1.0, gt=0, description="Epochs (official 1). Ignored when max_steps > 0.")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
+    per_device_train_batch_size: int = Field(2, ge=1, description="Per device (official 2 x 8 GPUs).")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Official 1.")
+    lr_scheduler_type: str = Field("cosine", description="Official cosine.")
+    warmup_ratio: float = Field(0.1, ge=0, le=1, description="Fraction of steps spent warming up (official 0.1).")
+    weight_decay: float = Field(0.0, ge=0, description="LLaMA-Factory default 0.")
+    bf16: bool = Field(True, description="bf16 mixed precision (official true). False on CPU for determinism.")
+    use_cpu: bool = Field(False, description="Force CPU training (CI/demo).")
+    activation_checkpointing: bool = Field(True, description="Recompute activations (saves memory on 7B; off for tiny).")
+    freeze_vision_tower: bool = Field(True, description="Freeze the ViT (official true).")
+    freeze_projector: bool = Field(True, description="Freeze the visual merger/projector (official true).")
+    max_length: int | None = Field(4096, description="Token cutoff (official cutoff_len 4096). None: never cut (tiny).")
+    assistant_only_loss: bool = Field(True, description="Loss on assistant tokens only (LLaMA-Factory's default for sft).")
+    image_min_pixels: int | None = Field(None, description="Override the processor's min_pixels (None: keep).")
+    image_max_pixels: int | None = Field(401408, description="Override max_pixels (official 401408 = 512 visual tokens).")
+    deepspeed: str | None = Field(None, description="DeepSpeed JSON path (paper: infra/deepspeed/zero3.json). GPU only.")
+    seed: int = Field(42, description="Trainer seed (data order, init of nothing else).")
+    logging_steps: int = Field(1, ge=1, description="Log every N steps (loss curve in metrics).")
+    dataloader_num_workers: int = Field(0, ge=0, description="0 on CPU.")
+    report_to: str = Field("none", description="'none', 'wandb', 'tensorboard', ...")
+
+    @classmethod
+    def profile(cls, name: Literal["paper", "cpu_tiny"], **overrides: Any) -> "SFTStageConfig":
+        """``paper``: official §4.2 values. ``cpu_tiny``: a few fast fp32 CPU steps with a high LR so the
+        tiny random model visibly learns.
+
+        >>> SFTStageConfig.profile("paper").learning_rate
+        5e-06
+        >>> SFTStageConfig.profile("cpu_tiny", max_steps=3).max_steps
+        3
+        """
+        if name == "paper":
+            base: dict[str, Any] = dict(deepspeed=DEFAULT_ZERO3)
+        elif name == "cpu_tiny":
+            base = dict(learning_rate=2e-3, max_steps=8, per_device_train_batch_size=4, warmup_ratio=0.0,
+                        lr_scheduler_type="constant", bf16=False, use_cpu=True, activation_checkpointing=False,
+                        max_length=None, image_max_pixels=None, seed=0)
+        else:
+            raise ConfigError(f"unknown SFT profile {name!r}; expected 'paper' or 'cpu_tiny'")
+        base.update(overrides)
+        return cls(**base)
+
+
+def _dataset(rows, stage: str = "sft"):
+    from datasets import Dataset
+
+    require_columns(rows, SFT_COLUMNS, stage)
+    messages, images = [], []
+    for i, r in enumerate(rows.to_pylist()):
+        qid = r["question_id"]
+        try:
+            msgs = json.loads(r["messages"]) if isinstance(r["messages"], str) else r["messages"]
+        except json.JSONDecodeError as e:
+            raise InputDataError(f"messages is not JSON: {e}", stage=stage, row=qid, field="messages") from e
+        n_parts = sum(1 for m in msgs if isinstance(m.get("content"), list)
+                      for p in m["content"] if isinstance(p, dict) and p.get("type") == "image")
+        imgs = [png_to_pil(b, stage=stage, row=qid, field_name="images") for b in (r["images"] or [])]
+        if n_parts != len(imgs):
+            raise InputDataError(f"{n_parts} image parts in messages but {len(imgs)} images", stage=stage, row=qid,
+                                 field="images")
+        if not msgs or msgs[-1].get("role") != "assistant":
+            raise InputDataError("last message must be the assistant's answer", stage=stage, row=qid, field="messages")
+        messages.append(msgs)
+        images.append(imgs)
+    return Dataset.from_dict({"messages": messages, "images": images})
+
+
+def train_sft(rows, base_ckpt_dir: str | Path, out_dir: str | Path, cfg: SFTStageConfig | None = None) -> TrainResult:
+    """Fine-tune ``base_ckpt_dir`` on ``rows`` and save a reloadable checkpoint in ``out_dir``.
+
+    Model and processor come from :mod:`deepperception.model.loading` (class from ``model_type``;
+    image-only processor without torchvision) and the processor is passed as ``processing_class``
+    so TRL never calls ``AutoProcessor`` itself.
+    """
+    from trl import SFTConfig, SFTTrainer
+
+    from deepperception.model.loading import load_model, load_processor, read_size, save_processor, set_pixel_limits
+
+    cfg = cfg or SFTStageConfig.profile("paper")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = _dataset(rows)
+    processor = set_pixel_limits(load_processor(base_ckpt_dir), cfg.image_min_pixels, cfg.image_max_pixels)
+    dtype = "bfloat16" if cfg.bf16 and not cfg.use_cpu else "float32"
+    model = load_model(base_ckpt_dir, device="cpu", dtype=dtype)
+    model.train()
+    counts = freeze_vision(model, vision_tower=cfg.freeze_vision_tower, projector=cfg.freeze_projector)
+    args = SFTConfig(
+        output_dir=str(out / "_trainer"), learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps, per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay, bf16=cfg.bf16, fp16=False,
+        use_cpu=cfg.use_cpu, activation_checkpointing=cfg.activation_checkpointing, max_length=cfg.max_length,
+        assistant_only_loss=cfg.assistant_only_loss, deepspeed=cfg.deepspeed, seed=cfg.seed, data_seed=cfg.seed,
+        logging_steps=cfg.logging_steps, dataloader_num_workers=cfg.dataloader_num_workers, report_to=cfg.report_to,
+        save_strategy="no", disable_tqdm=True,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=processor)
+    with Timer() as t:
+        trainer.train()
+    trainer.save_model(str(out))
+    save_processor(processor, out)
+    remove_if_empty(out / "_trainer")
+    steps = trainer.state.global_step
+    metrics: dict[str, Any] = {
+        **loss_metrics(trainer.state.log_history), "steps": steps, "runtime_s": round(t.seconds, 3),
+        "s_per_step": round(t.seconds / steps, 4) if steps else None, "n_rows": len(ds), **counts,
+        "pixel_limits": read_size(processor.image_processor),
+    }
+    write_stage_json(out, "train_stage.json", {"stage": "sft", "base_checkpoint": str(base_ckpt_dir),
+                                               "config": cfg.model_dump(), "metrics": metrics})
+    return TrainResult(out, metrics)

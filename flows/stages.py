@@ -1,0 +1,115 @@
+"""One Prefect flow per stage, so any stage can be deployed, scheduled or rerun on its own.
+
+Each flow takes its typed config plus the artifact references it reads, and returns the
+reference it commits. A rerun with identical inputs, config and code finds the committed version
+and returns at once; ``force=True`` recomputes (and so changes everything downstream).
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from deepperception.config import (
+    BaseModelConfig,
+    DataSourceConfig,
+    DatasetsConfig,
+    DistillationStageConfig,
+    EvalStageConfig,
+    LabelingStageConfig,
+    RLFilterConfig,
+)
+from deepperception.engine.collection import CollectionConfig
+from deepperception.engine.composition import CompositionConfig
+from deepperception.engine.filtering import FilterConfig
+from deepperception.store import ArtifactRef
+from deepperception.training.grpo import GRPOStageConfig
+from deepperception.training.sft import SFTStageConfig
+from tasks import engine, evaluation, training
+
+
+@flow(name="mine-entities")
+def mine_entities(config: DataSourceConfig, store_uri: str | None = None, force: bool = False) -> ArtifactRef:
+    return engine.mine_entities_task(config, store_uri, force)
+
+
+@flow(name="collect-images")
+def collect_images(source: DataSourceConfig, config: CollectionConfig, entities: ArtifactRef,
+                   store_uri: str | None = None, force: bool = False) -> ArtifactRef:
+    return engine.collect_images_task(source, config, entities, store_uri, force)
+
+
+@flow(name="label-boxes")
+def label_boxes(config: LabelingStageConfig, images: ArtifactRef,
+                store_uri: str | None = None, force: bool = False) -> ArtifactRef:
+    return engine.label_boxes_task(config, images, store_uri, force)
+
+
+@flow(name="compose-images")
+def compose_images(config: CompositionConfig, labeled: ArtifactRef,
+                   store_uri: str | None = None, force: bool = False) -> ArtifactRef:
+    return engine.compose_task(config, labeled, store_uri, force)
+
+
+@flow(name="build-bench")
+def build_bench(config: DatasetsConfig, composites: ArtifactRef,
+                store_uri: str | None = None, force: bool = False) -> ArtifactRef:
+    return engine.build_bench_task(config, composites, store_uri, force)
+
+
+@flow(name="distill-cot")
+def distill_cot(config: DistillationStageConfig, composites: ArtifactRef, entities: ArtifactRef,
+                store_uri: str | None = None, force: bool = False) -> ArtifactRef:
+    return engine.distill_cot_task(config, composites, entities, store_uri, force)
+
+
+@flow(name="filter-cot")
+def filter_cot(config: FilterConfig, cot: ArtifactRef, store_uri: str | None = None, force: bool = False) -> ArtifactRef:
+    return engine.filter_cot_task(config, cot, store_uri, force)
+
+
+@flow(name="build-training-data")
+def build_training_data(config: DatasetsConfig, kept_cot: ArtifactRef, composites: ArtifactRef,
+                        store_uri: str | None = None, force: bool = False) -> dict[str, ArtifactRef]:
+    """Stage-1 SFT rows and the stage-2 GRPO candidate pool, both in the official formats."""
+    return {
+        "sft_dataset": engine.build_sft_dataset_task(kept_cot, composites, store_uri, force),
+        "grpo_pool": engine.build_grpo_pool_task(config, composites, store_uri, force),
+    }
+
+
+@flow(name="build-base-model")
+def build_base_model(config: BaseModelConfig, sft_dataset: ArtifactRef, grpo_pool: ArtifactRef,
+                     store_uri: str | None = None, force: bool = False) -> ArtifactRef:
+    return training.build_base_model_task(config, sft_dataset, grpo_pool, store_uri, force)
+
+
+@flow(name="train-sft")
+def train_sft(config: SFTStageConfig, base: ArtifactRef, dataset: ArtifactRef,
+              store_uri: str | None = None, force: bool = False) -> ArtifactRef:
+    return training.train_sft_task(config, base, dataset, store_uri, force)
+
+
+@flow(name="rl-filter")
+def rl_filter(config: RLFilterConfig, checkpoint: ArtifactRef, pool: ArtifactRef,
+              store_uri: str | None = None, force: bool = False) -> ArtifactRef:
+    return training.rl_filter_task(config, checkpoint, pool, store_uri, force)
+
+
+@flow(name="train-grpo")
+def train_grpo(config: GRPOStageConfig, checkpoint: ArtifactRef, dataset: ArtifactRef,
+               store_uri: str | None = None, force: bool = False) -> ArtifactRef:
+    return training.train_grpo_task(config, checkpoint, dataset, store_uri, force)
+
+
+@flow(name="evaluate-checkpoint")
+def evaluate_checkpoint(config: EvalStageConfig, label: str, checkpoint: ArtifactRef, bench: ArtifactRef,
+                        seen_categories: list[str], all_categories: list[str],
+                        store_uri: str | None = None, force: bool = False) -> ArtifactRef:
+    return evaluation.evaluate_task(config, label, checkpoint, bench, seen_categories, all_categories,
+                                    store_uri, force)
+
+
+@flow(name="write-report")
+def write_report(evaluations: dict[str, ArtifactRef], header: dict,
+                 store_uri: str | None = None, force: bool = False) -> dict:
+    return evaluation.report_task(evaluations, header, store_uri, force)

@@ -1,0 +1,127 @@
+"""Thin Prefect tasks of evaluation: run a checkpoint on a bench, score it, write the report."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from deepperception.config import EvalStageConfig
+from deepperception.report import EvalSummary, render_json, render_markdown
+from deepperception.store import ArtifactRef
+from deepperception.store.stage import run_stage
+from deepperception.version import code_version
+from tasks.common import TASK_DEFAULTS, checkpoint_dir, open_store
+
+
+def _artifact_key(text: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only.
+
+    >>> _artifact_key("eval GRPO_ckpt@1")
+    'eval-grpo-ckpt-1'
+    """
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+
+
+def metrics_rows(metrics: dict, cis: dict | None = None) -> list[dict]:
+    """Official metrics.json -> one table row per group (for the Prefect UI)."""
+    rows = []
+    for group, value in metrics.items():
+        cell = value.get("all", value)
+        row = {"group": group, "Acc": round(cell["Acc"], 4), "IoU": round(cell["IoU"], 4), "Num": cell["Num"]}
+        ci = (cis or {}).get(group, {}).get("official")
+        if ci:
+            row["Acc 95% CI"] = f"[{ci['lo']:.4f}, {ci['hi']:.4f}]"
+        rows.append(row)
+    return rows
+
+
+@task(name="evaluate-checkpoint", **TASK_DEFAULTS)
+def evaluate_task(
+    config: EvalStageConfig, label: str, checkpoint: ArtifactRef, bench: ArtifactRef,
+    seen_categories: list[str], all_categories: list[str],
+    store_uri: str | None = None, force: bool = False,
+) -> ArtifactRef:
+    """Generate answers for every bench question (resumable), score them with the official-parity
+    scorer plus strict scoring and bootstrap CIs, and commit outputs + predictions + metrics."""
+    from deepperception.eval.inference import run_inference
+    from deepperception.eval.io import read_outputs
+    from deepperception.eval.scoring import score
+
+    store = open_store(store_uri)
+    logger = get_run_logger()
+    stage_cfg = {**config.model_dump(mode="json"), "label": label,
+                 "seen_categories": seen_categories, "all_categories": all_categories}
+
+    def produce(w):
+        # A stable work directory per version: a killed evaluation resumes where it stopped.
+        work = store.settings.local_cache() / "work" / w.name / w.version
+        bench_table = store.read_table(bench)
+        outputs_path = run_inference(
+            bench_table, checkpoint_dir(store, checkpoint), work, backend=config.backend,
+            batch_size=config.batch_size, prompt_mode=config.prompt_mode,
+            max_new_tokens=config.max_new_tokens, device=config.device)
+        result = score(bench_table, read_outputs(outputs_path), seen_categories, all_categories,
+                       empty_groups="omit", n_resamples=config.n_resamples, seed=config.seed,
+                       artifact=str(bench))
+        w.write_table(pa.Table.from_pandas(result.predictions, preserve_index=False), "predictions")
+        w.write_bytes("outputs.jsonl", outputs_path.read_bytes())
+        w.write_bytes("metrics.json", json.dumps(result.metrics).encode())  # official format: no indent
+        w.write_json("strict.json", result.strict)
+        w.write_json("cis.json", result.cis)
+        run_json = work / "run.json"
+        if run_json.is_file():
+            w.write_bytes("run.json", run_json.read_bytes())
+        overall = result.metrics["all"]["all"]
+        logger.info("evaluate %s: Acc %.4f IoU %.4f on %d questions", label, overall["Acc"], overall["IoU"],
+                    overall["Num"])
+        create_table_artifact(metrics_rows(result.metrics, result.cis), key=_artifact_key(f"eval-{label}"),
+                              description=f"KVG metrics of {label} ({checkpoint}) on {bench}")
+        return {"label": label, "checkpoint": str(checkpoint), "bench": str(bench), "metrics": result.metrics,
+                "strict": result.strict, "cis": result.cis, "summary": result.summary()}
+
+    return run_stage(store, "evaluation", "evaluate", stage_cfg, {"checkpoint": checkpoint, "bench": bench},
+                     produce, force=force)[0]
+
+
+def _summary(store, label: str, ref: ArtifactRef) -> EvalSummary:
+    m = store.manifest(ref)
+    meta = m.metadata
+    cis = {g: {"lo": v["official"]["lo"], "hi": v["official"]["hi"]} for g, v in meta.get("cis", {}).items()}
+    ckpt = ArtifactRef.parse(meta["checkpoint"])
+    ckpt_meta = store.manifest(ckpt).metadata
+    notes = []
+    rl = ckpt_meta.get("stats")
+    if rl:
+        notes.append(f"rl-filter policy {rl.get('policy_applied')}")
+    return EvalSummary(
+        label=label, checkpoint=meta["checkpoint"] + (f" (external: {ckpt_meta['external_path']})"
+                                                       if ckpt_meta.get("external_path") else ""),
+        bench=meta["bench"], evaluation=str(ref), config_hash=m.config_hash, code_version=m.code_version,
+        metrics=meta["metrics"], strict={g: v for g, v in meta.get("strict", {}).items()}, cis=cis,
+        extra={"notes": notes, "train": ckpt_meta.get("train", {})},
+    )
+
+
+@task(name="write-report", **TASK_DEFAULTS)
+def report_task(
+    evaluations: dict[str, ArtifactRef], header: dict, store_uri: str | None = None, force: bool = False
+) -> dict:
+    """Markdown + JSON report over all evaluated checkpoints, each number with its lineage."""
+    store = open_store(store_uri)
+    summaries = [_summary(store, label, ref) for label, ref in evaluations.items()]
+    head = {**header, "code version": code_version(), "store": store.uri}
+
+    def produce(w):
+        w.write_bytes("report.md", render_markdown(summaries, head).encode())
+        w.write_json("report.json", render_json(summaries, head))
+        return {"checkpoints": [s.label for s in summaries]}
+
+    ref, _ = run_stage(store, "report", "report", {"header": header}, dict(evaluations), produce, force=force)
+    markdown = store.read_bytes(ref, "report.md").decode()
+    create_markdown_artifact(markdown, key="reproduction-report", description=f"report {ref}")
+    loc = store.location(ref)
+    return {"report": str(ref), "report_markdown": f"{loc}/report.md", "report_json": f"{loc}/report.json",
+            "markdown": markdown}

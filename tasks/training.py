@@ -1,0 +1,147 @@
+"""Thin Prefect tasks of the model stages: base checkpoint, CoT-SFT, RL filtering, GRPO.
+
+Checkpoints are store artifacts (``files/`` of a version), so a GPU worker on another machine
+reads the same bytes the CPU parent recorded, and every number downstream names them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from deepperception.config import BaseModelConfig, RLFilterConfig
+from deepperception.errors import ConfigError
+from deepperception.store import ArtifactRef
+from deepperception.store.stage import run_stage
+from deepperception.training.grpo import GRPOStageConfig
+from deepperception.training.sft import SFTStageConfig
+from tasks.common import TASK_DEFAULTS, checkpoint_dir, open_store
+
+# Small files that identify an external checkpoint without hashing 15 GB of weights.
+_IDENTITY_FILES = ("config.json", "generation_config.json", "preprocessor_config.json",
+                   "processor_config.json", "tokenizer_config.json", "model.safetensors.index.json")
+
+
+def _tokenizer_corpus(sft_table, grpo_table) -> list[str]:
+    """Training-side text only (CoTs, questions, solutions): no bench answers leak in."""
+    corpus: list[str] = []
+    for raw in sft_table.column("messages").to_pylist():
+        for msg in json.loads(raw):
+            for part in msg["content"]:
+                if part.get("type") == "text" and part.get("text"):
+                    corpus.append(part["text"])
+    corpus += grpo_table.column("problem").to_pylist() + grpo_table.column("solution").to_pylist()
+    return corpus
+
+
+@task(name="build-base-model", **TASK_DEFAULTS)
+def build_base_model_task(
+    config: BaseModelConfig, sft_dataset: ArtifactRef, grpo_pool: ArtifactRef,
+    store_uri: str | None = None, force: bool = False,
+) -> ArtifactRef:
+    """The stage-0 checkpoint: a real directory recorded by reference, or the tiny Qwen2-VL."""
+    store = open_store(store_uri)
+
+    if config.checkpoint:
+        ckpt = Path(config.checkpoint).expanduser().resolve()
+        if not (ckpt / "config.json").is_file():
+            raise ConfigError(f"base_model.checkpoint={config.checkpoint!r}: no config.json in {ckpt}")
+        identity = {f: hashlib.sha256((ckpt / f).read_bytes()).hexdigest()
+                    for f in _IDENTITY_FILES if (ckpt / f).is_file()}
+
+        def produce_external(w):
+            w.write_json("external.json", {"path": str(ckpt), "sha256": identity})
+            return {"external_path": str(ckpt), "identity": identity}
+
+        # The identity hashes are part of the version: a changed checkpoint is a new version.
+        cfg = {**config.model_dump(mode="json"), "identity": identity}
+        return run_stage(store, "base-checkpoint", "base-model", cfg, {}, produce_external, force=force)[0]
+
+    from deepperception.model.tiny import build_tiny_qwen2vl
+
+    def produce(w):
+        corpus = _tokenizer_corpus(store.read_table(sft_dataset), store.read_table(grpo_pool))
+        with tempfile.TemporaryDirectory(prefix="dp-base-") as tmp:
+            out = build_tiny_qwen2vl(
+                Path(tmp) / "ckpt", corpus, vocab_size=config.vocab_size, hidden=config.hidden,
+                layers=config.layers, image_min_pixels=config.image_min_pixels,
+                image_max_pixels=config.image_max_pixels, seed=config.seed)
+            w.write_dir(out)
+        return {"kind": "tiny-qwen2vl", "corpus_lines": len(corpus)}
+
+    return run_stage(store, "base-checkpoint", "base-model", config,
+                     {"sft_dataset": sft_dataset, "grpo_pool": grpo_pool}, produce, force=force)[0]
+
+
+@task(name="train-sft", **TASK_DEFAULTS)
+def train_sft_task(
+    config: SFTStageConfig, base: ArtifactRef, dataset: ArtifactRef,
+    store_uri: str | None = None, force: bool = False,
+) -> ArtifactRef:
+    from deepperception.training.sft import train_sft
+
+    store = open_store(store_uri)
+    logger = get_run_logger()
+
+    def produce(w):
+        with tempfile.TemporaryDirectory(prefix="dp-sft-") as tmp:
+            result = train_sft(store.read_table(dataset), checkpoint_dir(store, base), Path(tmp) / "ckpt", config)
+            logger.info("train-sft: %s", result.metrics)
+            w.write_dir(result.checkpoint_dir)
+        return {"train": result.metrics}
+
+    return run_stage(store, "sft-checkpoint", "sft", config, {"base": base, "dataset": dataset}, produce,
+                     force=force)[0]
+
+
+@task(name="rl-filter", **TASK_DEFAULTS)
+def rl_filter_task(
+    config: RLFilterConfig, checkpoint: ArtifactRef, pool: ArtifactRef,
+    store_uri: str | None = None, force: bool = False,
+) -> ArtifactRef:
+    """Keep GRPO items the stage-1 model solves sometimes but not always (paper: 1-3 of 4)."""
+    from deepperception.training.rl_filter import rl_filter
+
+    store = open_store(store_uri)
+    logger = get_run_logger()
+
+    def produce(w):
+        kept, stats = rl_filter(
+            store.read_table(pool), checkpoint_dir(store, checkpoint), n_samples=config.n_samples,
+            keep_min=config.keep_min, keep_max=config.keep_max, on_empty=config.on_empty,
+            temperature=config.temperature, max_new_tokens=config.max_new_tokens, seed=config.seed,
+            batch_size=config.batch_size)
+        if stats.get("policy_applied") != "filter":
+            logger.warning("rl-filter: no item had %d-%d of %d correct; policy %s kept all %d items",
+                           config.keep_min, config.keep_max, config.n_samples, stats.get("policy_applied"),
+                           kept.num_rows)
+        w.write_table(kept)
+        return {"stats": stats}
+
+    return run_stage(store, "grpo-dataset", "rl-filter", config, {"checkpoint": checkpoint, "pool": pool},
+                     produce, force=force)[0]
+
+
+@task(name="train-grpo", **TASK_DEFAULTS)
+def train_grpo_task(
+    config: GRPOStageConfig, checkpoint: ArtifactRef, dataset: ArtifactRef,
+    store_uri: str | None = None, force: bool = False,
+) -> ArtifactRef:
+    from deepperception.training.grpo import train_grpo
+
+    store = open_store(store_uri)
+    logger = get_run_logger()
+
+    def produce(w):
+        with tempfile.TemporaryDirectory(prefix="dp-grpo-") as tmp:
+            result = train_grpo(store.read_table(dataset), checkpoint_dir(store, checkpoint), Path(tmp) / "ckpt", config)
+            logger.info("train-grpo: %s", result.metrics)
+            w.write_dir(result.checkpoint_dir)
+        return {"train": result.metrics}
+
+    return run_stage(store, "grpo-checkpoint", "grpo", config, {"init": checkpoint, "dataset": dataset},
+                     produce, force=force)[0]

@@ -1,0 +1,123 @@
+"""A small but real OpenAI-compatible chat-completions server on 127.0.0.1 for backend tests.
+
+It speaks HTTP through ``http.server`` in a thread, validates each request the way a VLM server
+must (one user turn: an ``image_url`` data URL that decodes as an image, then a text part) and
+hands the decoded image and text to a test-supplied ``responder``. The responder returns the
+reply text, or an ``int`` HTTP status to fail that call. Malformed requests get a 400 and are
+recorded in ``problems`` so tests can assert there were none.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from PIL import Image
+
+Responder = Callable[[Image.Image, str, dict], "str | int"]
+
+
+@dataclass
+class Call:
+    model: str
+    text: str
+    image_size: tuple[int, int]
+    params: dict
+
+
+@dataclass
+class FakeOpenAIServer:
+    responder: Responder
+    calls: list[Call] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # keep pytest output clean
+                pass
+
+            def _send(self, status: int, body: dict, headers: dict | None = None) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+                with server._lock:
+                    server.statuses.append(status)
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if not self.path.endswith("/chat/completions"):
+                    return self._send(404, {"error": {"message": f"no route {self.path}"}})
+                try:
+                    req = json.loads(body)
+                    image, text = server._parse(req)
+                except ValueError as exc:
+                    with server._lock:
+                        server.problems.append(str(exc))
+                    return self._send(400, {"error": {"message": str(exc), "type": "invalid_request_error"}})
+                params = {k: v for k, v in req.items() if k not in ("model", "messages")}
+                with server._lock:
+                    server.calls.append(Call(req["model"], text, image.size, params))
+                reply = server.responder(image, text, req)
+                if isinstance(reply, int):
+                    return self._send(reply, {"error": {"message": f"scripted {reply}", "type": "server_error"}},
+                                      {"retry-after-ms": "5"})
+                self._send(200, {
+                    "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": req["model"],
+                    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": reply}}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                })
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @staticmethod
+    def _parse(req: dict) -> tuple[Image.Image, str]:
+        msgs = req.get("messages")
+        if not isinstance(msgs, list) or len(msgs) != 1 or msgs[0].get("role") != "user":
+            raise ValueError(f"expected exactly one user message, got {msgs!r:.200}")
+        content = msgs[0].get("content")
+        if not isinstance(content, list) or len(content) != 2:
+            raise ValueError("user content must be [image_url, text]")
+        img_part, text_part = content
+        if img_part.get("type") != "image_url" or text_part.get("type") != "text":
+            raise ValueError(f"content order/types wrong: {[c.get('type') for c in content]}")
+        url = img_part["image_url"]["url"]
+        prefix = "data:image/png;base64,"
+        if not url.startswith(prefix):
+            raise ValueError(f"image is not a PNG data URL: {url[:40]!r}")
+        try:
+            image = Image.open(io.BytesIO(base64.b64decode(url[len(prefix):], validate=True)))
+            image.load()
+        except Exception as exc:
+            raise ValueError(f"image data URL does not decode: {exc}") from None
+        if not req.get("model"):
+            raise ValueError("model is missing")
+        return image.convert("RGB"), text_part["text"]
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def __enter__(self) -> "FakeOpenAIServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
