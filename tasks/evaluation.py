@@ -12,7 +12,7 @@ from deepperception.config import EvalStageConfig
 from deepperception.report import EvalSummary, render_json, render_markdown
 from deepperception.store import ArtifactRef
 from deepperception.store.stage import run_stage
-from deepperception.version import code_version
+from deepperception.version import code_version, short_hash
 from tasks.common import TASK_DEFAULTS, checkpoint_dir, open_store
 
 
@@ -57,7 +57,7 @@ def evaluate_task(
 
     def produce(w):
         # A stable work directory per version: a killed evaluation resumes where it stopped.
-        work = store.settings.local_cache() / "work" / w.name / w.version
+        work = store.settings.local_cache() / "work" / short_hash(store.uri, 12) / w.name / w.version
         bench_table = store.read_table(bench)
         outputs_path = run_inference(
             bench_table, checkpoint_dir(store, checkpoint), work, backend=config.backend,

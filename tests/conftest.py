@@ -22,6 +22,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TORCH_EXTENSIONS_DIR"] = str(_TMP / "torch_extensions")
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ["WANDB_DISABLED"] = "true"
+os.environ["DP_STORE_CACHE_DIR"] = str(_TMP / "dp-cache")
 os.environ.pop("DP_STORE_URI", None)
 os.environ.pop("DP_STORE_S3_ENDPOINT_URL", None)
 

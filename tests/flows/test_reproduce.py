@@ -1,0 +1,133 @@
+"""The whole DAG under Prefect's test harness at toy size: every stage commits a version with a
+manifest, metrics are well-formed with lineage, reruns reuse, S3 works, bad input is named."""
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from deepperception.config import profile
+from deepperception.errors import ArtifactError, InputDataError
+from deepperception.store import ArtifactRef, ArtifactStore, StoreSettings
+
+pytestmark = pytest.mark.slow
+
+EXPECTED = {
+    "entities", "images", "labeled", "composites_train", "composites_bench", "bench", "cot", "cot_filtered",
+    "sft_dataset", "grpo_pool", "base_checkpoint", "sft_checkpoint", "grpo_dataset", "grpo_checkpoint",
+    "evaluation_base", "evaluation_sft", "evaluation_grpo",
+}
+
+
+def _check_run(store: ArtifactStore, result: dict) -> None:
+    assert set(result["artifacts"]) == EXPECTED
+    for key, text in result["artifacts"].items():
+        ref = ArtifactRef.parse(text)
+        m = store.manifest(ref)  # raises if the manifest is missing
+        assert m.files and all(len(f.sha256) == 64 for f in m.files), key
+        assert m.code_version and m.config_hash
+        for up in m.upstream.values():
+            assert store.exists(ArtifactRef.parse(up)), f"{key}: upstream {up} missing"
+    bench = store.read_table(ArtifactRef.parse(result["artifacts"]["bench"]))
+    assert bench.column_names == ["question_id", "question", "image", "answer", "category"]
+    report = json.loads(store.read_bytes(ArtifactRef.parse(result["report"]), "report.json"))
+    labels = [c["label"] for c in report["checkpoints"]]
+    assert labels == ["base", "sft", "grpo"]
+    for c in report["checkpoints"]:
+        overall = c["metrics"]["all"]["all"]
+        assert overall["Num"] == bench.num_rows
+        assert 0.0 <= overall["Acc"] <= 1.0 and 0.0 <= overall["IoU"] <= 1.0
+        assert {"all", "seen domain", "unseen domain"} <= set(c["metrics"])
+        assert c["checkpoint"].startswith(f"{c['label']}-checkpoint@")
+        assert c["bench"] == result["artifacts"]["bench"] and c["evaluation"].startswith("evaluation@")
+        assert c["cis"]["all"]["lo"] <= overall["Acc"] <= c["cis"]["all"]["hi"]
+    md = store.read_bytes(ArtifactRef.parse(result["report"]), "report.md").decode()
+    for label in labels:
+        assert f"{label} Acc@0.5" in md
+    assert result["artifacts"]["grpo_checkpoint"] in md
+
+
+def test_reproduce_toy_end_to_end_then_rerun_reuses(prefect_harness, tmp_path):
+    from flows.reproduce import reproduce
+
+    uri = str(tmp_path / "store")
+    cfg = profile("toy")
+    first = reproduce(config=cfg, store_uri=uri)
+    store = ArtifactStore(StoreSettings(uri=uri))
+    _check_run(store, first)
+    n_versions = len(store.list())
+
+    again = reproduce(config=cfg, store_uri=uri)
+    assert again["artifacts"] == first["artifacts"] and again["report"] == first["report"]
+    assert len(store.list()) == n_versions  # nothing recomputed
+
+    # Changing one downstream stage's config recomputes that stage and below, nothing above.
+    changed = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"max_new_tokens": 8})})
+    third = reproduce(config=changed, store_uri=uri)
+    assert third["artifacts"]["grpo_checkpoint"] == first["artifacts"]["grpo_checkpoint"]
+    assert third["artifacts"]["evaluation_grpo"] != first["artifacts"]["evaluation_grpo"]
+
+
+def test_reproduce_into_s3_bucket(prefect_harness, s3_store_uri, tmp_path, monkeypatch):
+    from flows.reproduce import reproduce
+
+    uri, endpoint = s3_store_uri
+    monkeypatch.setenv("DP_STORE_S3_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("DP_STORE_CACHE_DIR", str(tmp_path / "cache"))
+    result = reproduce(config=profile("toy"), store_uri=uri)
+    assert result["report_markdown"].startswith("s3://")
+    store = ArtifactStore(StoreSettings(uri=uri, s3_endpoint_url=endpoint, cache_dir=str(tmp_path / "cache")))
+    _check_run(store, result)
+    import boto3
+
+    bucket = uri[len("s3://"):].split("/")[0]
+    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+            .list_objects_v2(Bucket=bucket)["Contents"]]
+    assert any(k.endswith("_manifest.json") and "/grpo-checkpoint/" in k for k in keys)
+
+
+def test_undecodable_image_names_stage_artifact_row_and_commits_nothing(prefect_harness, tmp_path):
+    from flows import stages
+
+    uri = str(tmp_path / "store")
+    cfg = profile("toy")
+    store = ArtifactStore(StoreSettings(uri=uri))
+    entities = stages.mine_entities(cfg.data, uri)
+    images = stages.collect_images(cfg.data, cfg.collection, entities, uri)
+    table = store.read_table(images)
+    broken = table.set_column(table.column_names.index("image"), "image",
+                              pa.array([b"not a png"] + table.column("image").to_pylist()[1:], pa.binary()))
+    with store.plan("images", "collect", {"hand-made": "broken"}, {}) as w:
+        w.write_table(broken)
+        bad_ref = w.commit()
+    with pytest.raises(InputDataError) as err:
+        stages.label_boxes(cfg.labeling, bad_ref, uri)
+    text = str(err.value)
+    assert "stage=label" in text and str(bad_ref) in text and table.column("image_id")[0].as_py() in text
+    assert store.list("labeled-images") == []
+
+
+def test_corrupt_input_artifact_is_refused_by_name(prefect_harness, tmp_path):
+    from flows import stages
+
+    uri = str(tmp_path / "store")
+    cfg = profile("toy")
+    store = ArtifactStore(StoreSettings(uri=uri))
+    entities = stages.mine_entities(cfg.data, uri)
+    path = f"{store._dir(entities.name, entities.version)}/data.parquet"
+    with open(path, "r+b") as f:
+        f.seek(10)
+        f.write(b"\xff\xff\xff\xff")
+    with pytest.raises(ArtifactError, match=rf"{entities}.*data.parquet is corrupt"):
+        stages.collect_images(cfg.data, cfg.collection, entities, uri)
+    assert store.list("images") == []
+
+
+def test_malformed_config_is_rejected_with_field_name(tmp_path):
+    from deepperception.config import load_config
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"rl_filter": {"n_samples": 2, "keep_max": 3}, "sft": {"learning_rat": 1}}))
+    with pytest.raises(ValueError) as err:
+        load_config("toy", str(bad))
+    assert "bad.json" in str(err.value) and ("learning_rat" in str(err.value) or "keep_max" in str(err.value))
