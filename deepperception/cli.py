@@ -88,6 +88,7 @@ def reproduce(
 def _mount_eval() -> None:
     try:
         from deepperception.eval.cli import eval_app
+        from deepperception.eval import run_cli  # noqa: F401  (registers `eval run`)
     except ImportError:  # pragma: no cover - only while the eval package is absent
         return
     app.add_typer(eval_app, name="eval", help="Score, compare and run KVG-Bench evaluations.")

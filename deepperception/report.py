@@ -43,7 +43,20 @@ def groups_in(summaries: list[EvalSummary]) -> list[str]:
 
 
 def _fmt(v: Any) -> str:
-    return "—" if v is None else (f"{v:.2f}" if isinstance(v, (int, float)) else str(v))
+    if v is None:
+        return "—"
+    if isinstance(v, bool) or isinstance(v, int):
+        return str(v)
+    return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+
+def _pct(v: Any) -> str:
+    """Official metrics are fractions; the report shows percentages like the paper's tables.
+
+    >>> _pct(0.52395)
+    '52.40'
+    """
+    return "—" if v is None else f"{100 * float(v):.2f}"
 
 
 def _ci_text(s: EvalSummary, group: str) -> str:
@@ -51,7 +64,7 @@ def _ci_text(s: EvalSummary, group: str) -> str:
     if not ci:
         return ""
     lo, hi = ci.get("low", ci.get("lo")), ci.get("high", ci.get("hi"))
-    return f" [{_fmt(lo)}, {_fmt(hi)}]" if lo is not None and hi is not None else ""
+    return f" [{_pct(lo)}, {_pct(hi)}]" if lo is not None and hi is not None else ""
 
 
 def render_markdown(summaries: list[EvalSummary], header: dict[str, Any]) -> str:
@@ -60,8 +73,8 @@ def render_markdown(summaries: list[EvalSummary], header: dict[str, Any]) -> str
         lines.append(f"- **{k}**: `{v}`")
     lines += [
         "",
-        "Acc@0.5 is the official KVG-Bench accuracy (IoU ≥ 0.5 with the official 8-regex parser) in the",
-        "official metrics.json units; mean IoU likewise. Brackets: 95% bootstrap CI of Acc.",
+        "Acc@0.5 is the official KVG-Bench accuracy (IoU ≥ 0.5, official 8-regex parser) and IoU the mean IoU,",
+        "both in percent (metrics.json and report.json keep the official fractions). Brackets: 95% bootstrap CI.",
         "",
     ]
     labels = [s.label for s in summaries]
@@ -75,16 +88,16 @@ def render_markdown(summaries: list[EvalSummary], header: dict[str, Any]) -> str
         n = next((c.get("Num") for c in cells if c), None)
         row = [group, _fmt(n)]
         for s, c in zip(summaries, cells):
-            row += [(_fmt(c.get("Acc")) + _ci_text(s, group)) if c else "—", _fmt(c.get("IoU")) if c else "—"]
+            row += [(_pct(c.get("Acc")) + _ci_text(s, group)) if c else "—", _pct(c.get("IoU")) if c else "—"]
         lines.append("| " + " | ".join(row) + " |")
     if any(s.strict for s in summaries):
         lines += ["", "## Strict scoring (box must be a valid box inside <answer>)", ""]
-        lines += ["| checkpoint | strict Acc | parse rate | official hits from outside <answer> |", "|---|---:|---:|---:|"]
+        lines += ["| checkpoint | strict Acc % | parse rate % | official hits from outside <answer> |", "|---|---:|---:|---:|"]
         for s in summaries:
             st = s.strict.get("all", s.strict)
             lines.append(
-                f"| {s.label} | {_fmt(st.get('acc', st.get('Acc')))} | {_fmt(st.get('parse_rate'))} | "
-                f"{_fmt(st.get('official_hits_outside_answer', st.get('outside_answer_hits')))} |"
+                f"| {s.label} | {_pct(st.get('Acc'))} | {_pct(st.get('parse_rate'))} | "
+                f"{_fmt(st.get('official_hits_outside_answer'))} |"
             )
     lines += ["", "## Lineage", "", "| checkpoint | checkpoint artifact | bench | evaluation | config hash | code |",
               "|---|---|---|---|---|---|"]

@@ -30,3 +30,44 @@ def checkpoint_dir(store: ArtifactStore, ref: ArtifactRef) -> Path:
             raise ArtifactError(f"checkpoint {ref} points at {path}, which has no config.json any more")
         return path
     return store.materialize(ref)
+
+
+# Small files that identify an external checkpoint without hashing 15 GB of weights.
+IDENTITY_FILES = ("config.json", "generation_config.json", "preprocessor_config.json",
+                  "processor_config.json", "tokenizer_config.json", "model.safetensors.index.json")
+
+
+def register_external_checkpoint(store: ArtifactStore, path: str, name: str, stage: str,
+                                 config: dict | None = None, force: bool = False) -> ArtifactRef:
+    """Record a checkpoint directory by reference (path + hashes of its identity files)."""
+    import hashlib
+
+    from deepperception.errors import ConfigError
+    from deepperception.store.stage import run_stage
+
+    ckpt = Path(path).expanduser().resolve()
+    if not (ckpt / "config.json").is_file():
+        raise ConfigError(f"checkpoint {path!r}: no config.json in {ckpt}")
+    identity = {f: hashlib.sha256((ckpt / f).read_bytes()).hexdigest()
+                for f in IDENTITY_FILES if (ckpt / f).is_file()}
+
+    def produce(w):
+        w.write_json("external.json", {"path": str(ckpt), "sha256": identity})
+        return {"external_path": str(ckpt), "identity": identity}
+
+    # The identity hashes are part of the version: a changed checkpoint is a new version.
+    cfg = {**(config or {}), "path": str(ckpt), "identity": identity}
+    return run_stage(store, name, stage, cfg, {}, produce, force=force)[0]
+
+
+def resolve_ref(store: ArtifactStore, text: str) -> ArtifactRef:
+    """``name@version`` or ``name@latest`` -> a committed reference."""
+    ref = ArtifactRef.parse(text)
+    if ref.version == "latest":
+        latest = store.latest(ref.name)
+        if latest is None:
+            raise ArtifactError(f"no committed version of {ref.name!r} in store {store.uri}")
+        return latest
+    if not store.exists(ref):
+        raise ArtifactError(f"artifact {ref} does not exist in store {store.uri}")
+    return ref

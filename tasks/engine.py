@@ -129,8 +129,15 @@ def build_bench_task(
     store = open_store(store_uri)
 
     def produce(w):
-        table = datasets.build_bench(store.read_table(composites), config.bench_questions_per_composite, config.seed)
-        return _commit_table(w, table, per_category=dict(Counter(table.column("category").to_pylist())))
+        comp = store.read_table(composites)
+        table = datasets.build_bench(comp, config.bench_questions_per_composite, config.seed)
+        # Which categories are seen (trained on) travels with the bench, so a later standalone
+        # evaluation scores seen/unseen exactly as the reproduction did.
+        split_of = dict(zip(comp.column("category").to_pylist(), comp.column("split").to_pylist()))
+        seen = sorted(c for c, s in split_of.items() if s == "seen")
+        unseen = sorted(c for c, s in split_of.items() if s != "seen")
+        return _commit_table(w, table, per_category=dict(Counter(table.column("category").to_pylist())),
+                             seen_categories=seen, all_categories=seen + unseen)
 
     return run_stage(store, "bench", "build-bench", config, {"composites": composites}, produce, force=force)[0]
 
@@ -202,3 +209,22 @@ def build_grpo_pool_task(
         return _commit_table(w, table)
 
     return run_stage(store, "grpo-pool", "build-grpo", config, {"composites": composites}, produce, force=force)[0]
+
+
+@task(name="import-bench", **TASK_DEFAULTS)
+def import_bench_task(path: str, store_uri: str | None = None) -> ArtifactRef:
+    """Copy a KVG-Bench parquet file (e.g. the official kvg-bench.parquet) into the store as a
+    versioned ``bench`` artifact, keyed by its content hash, after checking its schema."""
+    import hashlib
+
+    from deepperception.eval.io import read_bench
+
+    store = open_store(store_uri)
+    data = open(path, "rb").read()
+    digest = hashlib.sha256(data).hexdigest()
+    table = read_bench(path)
+
+    def produce(w):
+        return _commit_table(w, table, source=path, per_category=dict(Counter(table.column("category").to_pylist())))
+
+    return run_stage(store, "bench", "import-bench", {"sha256": digest}, {}, produce)[0]

@@ -9,6 +9,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from deepperception.config import EvalStageConfig
+from deepperception.eval.publish import bar_chart_png, markdown_summary
 from deepperception.report import EvalSummary, render_json, render_markdown
 from deepperception.store import ArtifactRef
 from deepperception.store.stage import run_stage
@@ -77,8 +78,15 @@ def evaluate_task(
         overall = result.metrics["all"]["all"]
         logger.info("evaluate %s: Acc %.4f IoU %.4f on %d questions", label, overall["Acc"], overall["IoU"],
                     overall["Num"])
+        chart = bar_chart_png(result.metrics, result.cis, title=f"{label}: KVG Acc@0.5 per group")
+        w.write_bytes("chart.png", chart)
         create_table_artifact(metrics_rows(result.metrics, result.cis), key=_artifact_key(f"eval-{label}"),
                               description=f"KVG metrics of {label} ({checkpoint}) on {bench}")
+        lineage = {"checkpoint": str(checkpoint), "bench": str(bench), "evaluation": str(w.ref),
+                   "config hash": w.config_hash, "code version": w.code_version}
+        create_markdown_artifact(markdown_summary(result.metrics, result.cis, result.strict, lineage, chart),
+                                 key=_artifact_key(f"eval-{label}-summary"),
+                                 description=f"KVG evaluation of {label} with chart and CIs")
         return {"label": label, "checkpoint": str(checkpoint), "bench": str(bench), "metrics": result.metrics,
                 "strict": result.strict, "cis": result.cis, "summary": result.summary()}
 

@@ -6,7 +6,6 @@ reads the same bytes the CPU parent recorded, and every number downstream names 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -14,17 +13,11 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from deepperception.config import BaseModelConfig, RLFilterConfig
-from deepperception.errors import ConfigError
 from deepperception.store import ArtifactRef
 from deepperception.store.stage import run_stage
 from deepperception.training.grpo import GRPOStageConfig
 from deepperception.training.sft import SFTStageConfig
-from tasks.common import TASK_DEFAULTS, checkpoint_dir, open_store
-
-# Small files that identify an external checkpoint without hashing 15 GB of weights.
-_IDENTITY_FILES = ("config.json", "generation_config.json", "preprocessor_config.json",
-                   "processor_config.json", "tokenizer_config.json", "model.safetensors.index.json")
-
+from tasks.common import TASK_DEFAULTS, checkpoint_dir, open_store, register_external_checkpoint
 
 def _tokenizer_corpus(sft_table, grpo_table) -> list[str]:
     """Training-side text only (CoTs, questions, solutions): no bench answers leak in."""
@@ -47,19 +40,8 @@ def build_base_model_task(
     store = open_store(store_uri)
 
     if config.checkpoint:
-        ckpt = Path(config.checkpoint).expanduser().resolve()
-        if not (ckpt / "config.json").is_file():
-            raise ConfigError(f"base_model.checkpoint={config.checkpoint!r}: no config.json in {ckpt}")
-        identity = {f: hashlib.sha256((ckpt / f).read_bytes()).hexdigest()
-                    for f in _IDENTITY_FILES if (ckpt / f).is_file()}
-
-        def produce_external(w):
-            w.write_json("external.json", {"path": str(ckpt), "sha256": identity})
-            return {"external_path": str(ckpt), "identity": identity}
-
-        # The identity hashes are part of the version: a changed checkpoint is a new version.
-        cfg = {**config.model_dump(mode="json"), "identity": identity}
-        return run_stage(store, "base-checkpoint", "base-model", cfg, {}, produce_external, force=force)[0]
+        return register_external_checkpoint(store, config.checkpoint, "base-checkpoint", "base-model",
+                                            config.model_dump(mode="json"), force=force)
 
     from deepperception.model.tiny import build_tiny_qwen2vl
 

@@ -1,0 +1,64 @@
+"""Evaluate one checkpoint on one or more benches: the flow behind ad-hoc evaluation, the
+nightly re-evaluation and "a new checkpoint was published" triggers.
+
+Checkpoints and benches are given as ``name@version``, ``name@latest`` or a local path
+(a checkpoint directory / a KVG-Bench parquet file, recorded in the store before use).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+
+from deepperception.config import EvalStageConfig
+from deepperception.eval.groups import DEFAULT_ALL, DEFAULT_SEEN
+from deepperception.store import ArtifactRef
+from tasks.common import TASK_DEFAULTS, open_store, register_external_checkpoint, resolve_ref
+from tasks.engine import import_bench_task
+from tasks.evaluation import evaluate_task
+
+
+@task(name="resolve-checkpoint", **TASK_DEFAULTS)
+def resolve_checkpoint_task(checkpoint: str, store_uri: str | None = None) -> ArtifactRef:
+    store = open_store(store_uri)
+    if "@" in checkpoint and not Path(checkpoint).exists():
+        return resolve_ref(store, checkpoint)
+    return register_external_checkpoint(store, checkpoint, "external-checkpoint", "register")
+
+
+@task(name="resolve-bench", **TASK_DEFAULTS)
+def resolve_bench_task(bench: str, store_uri: str | None = None) -> ArtifactRef:
+    store = open_store(store_uri)
+    if "@" in bench and not Path(bench).exists():
+        return resolve_ref(store, bench)
+    return import_bench_task(bench, store_uri)
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate(
+    checkpoint: str,
+    benches: list[str],
+    config: EvalStageConfig | None = None,
+    label: str | None = None,
+    seen_categories: list[str] | None = None,
+    all_categories: list[str] | None = None,
+    store_uri: str | None = None,
+    force: bool = False,
+) -> dict[str, str]:
+    """Returns ``{bench ref: evaluation ref}``. Category lists default to what the bench's manifest
+    records (synthetic benches) or the official KVG-Bench lists."""
+    cfg = config or EvalStageConfig()
+    logger = get_run_logger()
+    ckpt = resolve_checkpoint_task(checkpoint, store_uri)
+    store = open_store(store_uri)
+    out: dict[str, str] = {}
+    for b in benches:
+        bench = resolve_bench_task(b, store_uri)
+        meta = store.manifest(bench).metadata
+        seen = seen_categories or meta.get("seen_categories") or list(DEFAULT_SEEN)
+        all_cats = all_categories or meta.get("all_categories") or list(DEFAULT_ALL)
+        ev = evaluate_task(cfg, label or ckpt.name, ckpt, bench, seen, all_cats, store_uri, force)
+        logger.info("%s on %s -> %s", ckpt, bench, ev)
+        out[str(bench)] = str(ev)
+    return out
