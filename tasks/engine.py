@@ -18,7 +18,7 @@ from deepperception.config import (
     DistillationStageConfig,
     LabelingStageConfig,
 )
-from deepperception.domain.entity import Entity, entities_to_table
+from deepperception.domain.entity import entities_to_table
 from deepperception.domain.synthetic import mine_entities
 from deepperception.engine import collection, composition, datasets, distillation, filtering, labeling
 from deepperception.engine.collection import CollectionConfig
@@ -43,13 +43,8 @@ def mine_entities_task(config: DataSourceConfig, store_uri: str | None = None, f
         if config.kind == "synthetic":
             entities = mine_entities(config.synthetic)
         else:
-            entities = []
-            for src in config.folders:
-                for d in sorted(p for p in os.scandir(src.root) if p.is_dir()):
-                    name = d.name.replace("_", " ")
-                    entities.append(Entity(
-                        entity_id=f"{src.category}/{d.name}", category=src.category, name=name,
-                        split=src.split, knowledge_card="", attributes={}))
+            entities = [e for src in config.folders
+                        for e in collection.folder_entities(src.root, src.category, src.split)]
         table = entities_to_table(entities)
         return _commit_table(w, table, per_category=dict(Counter(e.category for e in entities)))
 

@@ -16,7 +16,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from deepperception.domain.entity import entities_from_table
+from deepperception.domain.entity import Entity, entities_from_table
 from deepperception.domain.render import render_entity
 from deepperception.domain.seeding import stable_fraction
 from deepperception.engine.common import BOX_FLOAT, decode_image, encode_png
@@ -105,6 +105,26 @@ def _slug(text: str) -> str:
     'boeing-767-300-er'
     """
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def folder_entities(
+    root: str | Path, category: str, split: Literal["seen", "unseen"], *, underscores_as_spaces: bool = True
+) -> list[Entity]:
+    """The entities of an ImageFolder dataset: one per ``root/<entity name>/`` directory, with the
+    same ids :func:`collect_from_image_folder` gives its images. Real datasets carry no knowledge
+    cards, so ``knowledge_card`` is empty."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputDataError(f"image folder {root} does not exist", stage="mine", field="root")
+    dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not dirs:
+        raise InputDataError(f"image folder {root} has no <entity name>/ sub-directories", stage="mine", field="root")
+    return [
+        Entity(entity_id=f"{category}/{_slug(d.name)}", category=category,
+               name=d.name.replace("_", " ") if underscores_as_spaces else d.name,
+               split=split, knowledge_card="", attributes={})
+        for d in dirs
+    ]
 
 
 def collect_from_image_folder(
