@@ -15,10 +15,27 @@ from prefect import flow, get_run_logger
 
 from deepperception.config import ReproductionConfig, profile
 from flows import stages
+from flows.dispatch import run_stage_deployment
 
 Stage = Literal["mine", "collect", "label", "compose", "bench", "distill", "filter", "training-data",
                 "base-model", "sft", "rl-filter", "grpo", "evaluate", "report"]
 STAGES: tuple[str, ...] = Stage.__args__  # type: ignore[attr-defined]
+
+# Stages that need a GPU on a real run, and the deployments (prefect.yaml, `gpu` pool) serving them.
+GPU_DEPLOYMENTS = {
+    "train-sft": "train-sft/train-sft",
+    "rl-filter": "rl-filter/rl-filter",
+    "train-grpo": "train-grpo/train-grpo",
+    "evaluate-checkpoint": "evaluate-checkpoint/evaluate-checkpoint",
+}
+
+
+def _gpu_stage(stage_flow, dispatch: str, **params):
+    """Run a GPU stage in this process, or on the `gpu` work pool through its deployment."""
+    if dispatch == "inline":
+        return stage_flow(**params)
+    store_uri = params.pop("store_uri")
+    return run_stage_deployment(GPU_DEPLOYMENTS[stage_flow.name], params, store_uri=store_uri)
 
 
 @flow(name="reproduce", log_prints=True)
@@ -26,11 +43,14 @@ def reproduce(
     config: ReproductionConfig | None = None,
     store_uri: str | None = None,
     force_stages: list[Stage] | None = None,
+    dispatch: Literal["inline", "deployments"] = "inline",
 ) -> dict:
     """Run every stage in order; each reuses its committed version when nothing it depends on
     changed, so a rerun after editing one stage's config recomputes only that stage and below.
 
     ``force_stages`` recomputes the named stages even if unchanged (and hence their dependants).
+    ``dispatch="deployments"`` sends SFT, RL filtering, GRPO and evaluation to their deployments
+    on the `gpu` work pool (prefect.yaml) instead of running them in this process.
     """
     cfg = config or profile("demo")
     force = set(force_stages or [])
@@ -52,13 +72,18 @@ def reproduce(
     data = stages.build_training_data(cfg.datasets, kept, train_composites, uri, f("training-data"))
 
     base = stages.build_base_model(cfg.base_model, data["sft_dataset"], data["grpo_pool"], uri, f("base-model"))
-    sft = stages.train_sft(cfg.sft, base, data["sft_dataset"], uri, f("sft"))
-    grpo_data = stages.rl_filter(cfg.rl_filter, sft, data["grpo_pool"], uri, f("rl-filter"))
-    grpo = stages.train_grpo(cfg.grpo, sft, grpo_data, uri, f("grpo"))
+    sft = _gpu_stage(stages.train_sft, dispatch, config=cfg.sft, base=base, dataset=data["sft_dataset"],
+                     store_uri=uri, force=f("sft"))
+    grpo_data = _gpu_stage(stages.rl_filter, dispatch, config=cfg.rl_filter, checkpoint=sft,
+                           pool=data["grpo_pool"], store_uri=uri, force=f("rl-filter"))
+    grpo = _gpu_stage(stages.train_grpo, dispatch, config=cfg.grpo, checkpoint=sft, dataset=grpo_data,
+                      store_uri=uri, force=f("grpo"))
 
     seen, all_categories = cfg.categories()
     evaluations = {
-        label: stages.evaluate_checkpoint(cfg.evaluation, label, ckpt, bench, seen, all_categories, uri, f("evaluate"))
+        label: _gpu_stage(stages.evaluate_checkpoint, dispatch, config=cfg.evaluation, label=label,
+                          checkpoint=ckpt, bench=bench, seen_categories=seen, all_categories=all_categories,
+                          store_uri=uri, force=f("evaluate"))
         for label, ckpt in (("base", base), ("sft", sft), ("grpo", grpo))
     }
     header = {"profile": cfg.profile, "bench": str(bench), "train data": str(data["sft_dataset"]),

@@ -24,50 +24,51 @@ from deepperception.engine.filtering import FilterConfig
 from deepperception.store import ArtifactRef
 from deepperception.training.grpo import GRPOStageConfig
 from deepperception.training.sft import SFTStageConfig
+from flows.dispatch import record_stage_result
 from tasks import engine, evaluation, training
 
 
-@flow(name="mine-entities")
+@flow(name="mine-entities", on_completion=[record_stage_result])
 def mine_entities(config: DataSourceConfig, store_uri: str | None = None, force: bool = False) -> ArtifactRef:
     return engine.mine_entities_task(config, store_uri, force)
 
 
-@flow(name="collect-images")
+@flow(name="collect-images", on_completion=[record_stage_result])
 def collect_images(source: DataSourceConfig, config: CollectionConfig, entities: ArtifactRef,
                    store_uri: str | None = None, force: bool = False) -> ArtifactRef:
     return engine.collect_images_task(source, config, entities, store_uri, force)
 
 
-@flow(name="label-boxes")
+@flow(name="label-boxes", on_completion=[record_stage_result])
 def label_boxes(config: LabelingStageConfig, images: ArtifactRef,
                 store_uri: str | None = None, force: bool = False) -> ArtifactRef:
     return engine.label_boxes_task(config, images, store_uri, force)
 
 
-@flow(name="compose-images")
+@flow(name="compose-images", on_completion=[record_stage_result])
 def compose_images(config: CompositionConfig, labeled: ArtifactRef,
                    store_uri: str | None = None, force: bool = False) -> ArtifactRef:
     return engine.compose_task(config, labeled, store_uri, force)
 
 
-@flow(name="build-bench")
+@flow(name="build-bench", on_completion=[record_stage_result])
 def build_bench(config: DatasetsConfig, composites: ArtifactRef,
                 store_uri: str | None = None, force: bool = False) -> ArtifactRef:
     return engine.build_bench_task(config, composites, store_uri, force)
 
 
-@flow(name="distill-cot")
+@flow(name="distill-cot", on_completion=[record_stage_result])
 def distill_cot(config: DistillationStageConfig, composites: ArtifactRef, entities: ArtifactRef,
                 store_uri: str | None = None, force: bool = False) -> ArtifactRef:
     return engine.distill_cot_task(config, composites, entities, store_uri, force)
 
 
-@flow(name="filter-cot")
+@flow(name="filter-cot", on_completion=[record_stage_result])
 def filter_cot(config: FilterConfig, cot: ArtifactRef, store_uri: str | None = None, force: bool = False) -> ArtifactRef:
     return engine.filter_cot_task(config, cot, store_uri, force)
 
 
-@flow(name="build-training-data")
+@flow(name="build-training-data", on_completion=[record_stage_result])
 def build_training_data(config: DatasetsConfig, kept_cot: ArtifactRef, composites: ArtifactRef,
                         store_uri: str | None = None, force: bool = False) -> dict[str, ArtifactRef]:
     """Stage-1 SFT rows and the stage-2 GRPO candidate pool, both in the official formats."""
@@ -77,31 +78,31 @@ def build_training_data(config: DatasetsConfig, kept_cot: ArtifactRef, composite
     }
 
 
-@flow(name="build-base-model")
+@flow(name="build-base-model", on_completion=[record_stage_result])
 def build_base_model(config: BaseModelConfig, sft_dataset: ArtifactRef, grpo_pool: ArtifactRef,
                      store_uri: str | None = None, force: bool = False) -> ArtifactRef:
     return training.build_base_model_task(config, sft_dataset, grpo_pool, store_uri, force)
 
 
-@flow(name="train-sft")
+@flow(name="train-sft", on_completion=[record_stage_result])
 def train_sft(config: SFTStageConfig, base: ArtifactRef, dataset: ArtifactRef,
               store_uri: str | None = None, force: bool = False) -> ArtifactRef:
     return training.train_sft_task(config, base, dataset, store_uri, force)
 
 
-@flow(name="rl-filter")
+@flow(name="rl-filter", on_completion=[record_stage_result])
 def rl_filter(config: RLFilterConfig, checkpoint: ArtifactRef, pool: ArtifactRef,
               store_uri: str | None = None, force: bool = False) -> ArtifactRef:
     return training.rl_filter_task(config, checkpoint, pool, store_uri, force)
 
 
-@flow(name="train-grpo")
+@flow(name="train-grpo", on_completion=[record_stage_result])
 def train_grpo(config: GRPOStageConfig, checkpoint: ArtifactRef, dataset: ArtifactRef,
                store_uri: str | None = None, force: bool = False) -> ArtifactRef:
     return training.train_grpo_task(config, checkpoint, dataset, store_uri, force)
 
 
-@flow(name="evaluate-checkpoint")
+@flow(name="evaluate-checkpoint", on_completion=[record_stage_result])
 def evaluate_checkpoint(config: EvalStageConfig, label: str, checkpoint: ArtifactRef, bench: ArtifactRef,
                         seen_categories: list[str], all_categories: list[str],
                         store_uri: str | None = None, force: bool = False) -> ArtifactRef:
@@ -109,7 +110,7 @@ def evaluate_checkpoint(config: EvalStageConfig, label: str, checkpoint: Artifac
                                     store_uri, force)
 
 
-@flow(name="write-report")
+@flow(name="write-report", on_completion=[record_stage_result])
 def write_report(evaluations: dict[str, ArtifactRef], header: dict,
                  store_uri: str | None = None, force: bool = False) -> dict:
     return evaluation.report_task(evaluations, header, store_uri, force)

@@ -235,7 +235,7 @@ class ArtifactStore:
             names = [
                 Path(i.path).name
                 for i in self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
-                if i.type == pafs.FileType.Directory
+                if i.type == pafs.FileType.Directory and not Path(i.path).name.startswith("_")
             ]
         out: list[Manifest] = []
         for n in names:
