@@ -18,12 +18,11 @@ EndpointOpt = typer.Option(
 )
 
 
-def _apply_store_options(store: Optional[str], s3_endpoint: Optional[str]) -> None:
-    # Environment, not parameters: flows read the store settings from it, and so do workers.
-    if store:
-        os.environ["DP_STORE_URI"] = store
-    if s3_endpoint:
-        os.environ["DP_STORE_S3_ENDPOINT_URL"] = s3_endpoint
+def _store(store: Optional[str], s3_endpoint: Optional[str]):
+    from deepperception.store import ArtifactStore, StoreSettings
+
+    overrides = {k: v for k, v in (("uri", store), ("s3_endpoint_url", s3_endpoint)) if v}
+    return ArtifactStore(StoreSettings(**overrides))
 
 
 @artifacts_app.command("ls")
@@ -33,10 +32,7 @@ def artifacts_ls(
     s3_endpoint: Optional[str] = EndpointOpt,
 ) -> None:
     """List committed versions, newest first."""
-    from deepperception.store import ArtifactStore
-
-    _apply_store_options(store, s3_endpoint)
-    s = ArtifactStore.from_uri()
+    s = _store(store, s3_endpoint)
     rows = s.list(name)
     if not rows:
         typer.echo(f"no artifacts in {s.uri}")
@@ -54,10 +50,9 @@ def artifacts_show(
     s3_endpoint: Optional[str] = EndpointOpt,
 ) -> None:
     """Print a version's manifest (files, schema, config, lineage)."""
-    from deepperception.store import ArtifactRef, ArtifactStore
+    from deepperception.store import ArtifactRef
 
-    _apply_store_options(store, s3_endpoint)
-    s = ArtifactStore.from_uri()
+    s = _store(store, s3_endpoint)
     m = s.manifest(ArtifactRef.parse(ref))
     typer.echo(m.model_dump_json(indent=2))
     typer.echo(f"# location: {s.location(m.ref)}")
@@ -72,13 +67,16 @@ def reproduce(
     config_file: Optional[str] = typer.Option(None, "--config", help="JSON/YAML file overriding the profile."),
 ) -> None:
     """Run the full reproduction flow (data engine -> SFT -> RL filter -> GRPO -> eval -> report)."""
-    _apply_store_options(store, s3_endpoint)
+    # The endpoint travels in the environment (tasks, and workers, build their clients from it);
+    # the store URI is a flow parameter, visible in the Prefect UI.
+    if s3_endpoint:
+        os.environ["DP_STORE_S3_ENDPOINT_URL"] = s3_endpoint
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from deepperception.config import load_config
     from flows.reproduce import reproduce as reproduce_flow
 
     cfg = load_config(profile, config_file)
-    result = reproduce_flow(config=cfg, force_stages=list(force))
+    result = reproduce_flow(config=cfg, store_uri=store, force_stages=list(force))
     typer.echo("")
     typer.echo(f"report (markdown): {result['report_markdown']}")
     typer.echo(f"report (json):     {result['report_json']}")
