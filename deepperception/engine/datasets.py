@@ -7,6 +7,8 @@
 - KVG-Bench: ``question_id``, ``question``, ``image`` as a plain ``struct<bytes, path>`` (the
   official evaluator indexes ``['bytes']``, so NOT an HF Image feature), ``answer``, ``category``;
   one ground-truth box per question, images reused across questions.
+- FGVR bench (:func:`build_fgvr_bench`): multiple choice over single-entity images, the format
+  documented in :mod:`deepperception.eval.fgvr` (no official data survives).
 """
 
 from __future__ import annotations
@@ -125,3 +127,68 @@ def build_bench(composites: pa.Table, questions_per_composite: int = 2, seed: in
         rows["answer"].append(boxes.grounding_answer(item["name"], item["box"]))
         rows["category"].append(cat)
     return pa.Table.from_pydict(rows, schema=BENCH_SCHEMA)
+
+
+def build_fgvr_bench(images: pa.Table, n_options: int = 4, pool: str = "test", seed: int = 0) -> pa.Table:
+    """An FGVR multiple-choice bench (format: :mod:`deepperception.eval.fgvr`) from single-entity images.
+
+    One question per image of ``pool`` (table order): the stem ``prompts.fgvr_question(category)``
+    ("What is the name of the {category} in this image?") followed by ``n_options`` lettered
+    options, namely the image's entity name and ``n_options - 1`` distinct distractor names of the
+    SAME category (thunlp/KARL #1: 3 same-category distractors), drawn from every name of that
+    category in ``images`` (all pools: names are the label set, not test data), then shuffled.
+    Both draws are fixed by ``(seed, image_id)`` only, so a question does not change when other
+    rows are added or removed. ``question_id`` is the ``image_id`` (``<category>/<nn>/<nnn>``
+    for synthetic images), ``answer`` the letter of the entity's name, ``image`` a plain
+    ``struct<bytes, path>`` as in KVG-Bench.
+
+    Raises :class:`InputDataError` naming the row (``image_id``) for an empty name/category, a
+    null image, a repeated ``image_id``, or a category with fewer than ``n_options`` distinct names;
+    and naming the field when a column is missing or no image is in ``pool``.
+    """
+    from deepperception.domain.seeding import rng_for
+    from deepperception.eval.fgvr import FGVR_BENCH_SCHEMA, LETTERS, build_question
+
+    stage = "build_fgvr_bench"
+    if not 2 <= n_options <= len(LETTERS):
+        raise InputDataError(f"n_options must be in 2..{len(LETTERS)}, got {n_options}", stage=stage, field="n_options")
+    cols = ["image_id", "category", "name", "pool", "image"]
+    require_columns(images, cols, stage=stage)
+    data = {c: images.column(c).to_pylist() for c in cols}
+    names_of: dict[str, set[str]] = {}
+    seen: set[str] = set()
+    for i, (iid, cat, name) in enumerate(zip(data["image_id"], data["category"], data["name"])):
+        row = iid if isinstance(iid, str) and iid else i
+        if not isinstance(iid, str) or not iid:
+            raise InputDataError(f"image_id must be a non-empty string, got {iid!r}", stage=stage, row=row, field="image_id")
+        if iid in seen:
+            raise InputDataError("duplicate image_id", stage=stage, row=row, field="image_id")
+        seen.add(iid)
+        for field, v in (("category", cat), ("name", name)):
+            if not isinstance(v, str) or not v.strip():
+                raise InputDataError(f"{field} must be a non-empty string, got {v!r}", stage=stage, row=row, field=field)
+        names_of.setdefault(cat, set()).add(name)
+    selected = [i for i, p in enumerate(data["pool"]) if p == pool]
+    if not selected:
+        raise InputDataError(f"no image in pool {pool!r}; pools present: {sorted(set(map(str, data['pool'])))}",
+                             stage=stage, field="pool")
+
+    rows: dict[str, list] = {n: [] for n in FGVR_BENCH_SCHEMA.names}
+    for i in selected:
+        iid, cat, name, image = (data[c][i] for c in ("image_id", "category", "name", "image"))
+        if not image:
+            raise InputDataError("image bytes are null or empty", stage=stage, row=iid, field="image")
+        others = sorted(names_of[cat] - {name})
+        if len(others) < n_options - 1:
+            raise InputDataError(f"category {cat!r} has {len(others) + 1} distinct name(s); {n_options} options "
+                                 "need that many", stage=stage, row=iid, field="name")
+        rng = rng_for("fgvr", seed, iid)
+        options = [name, *rng.sample(others, n_options - 1)]
+        rng.shuffle(options)
+        rows["question_id"].append(iid)
+        rows["question"].append(build_question(prompts.fgvr_question(cat), options))
+        rows["options"].append(options)
+        rows["image"].append({"bytes": image, "path": f"{iid}.png"})
+        rows["answer"].append(LETTERS[options.index(name)])
+        rows["category"].append(cat)
+    return pa.Table.from_pydict(rows, schema=FGVR_BENCH_SCHEMA)

@@ -1,11 +1,32 @@
-"""FGVR: multiple-choice fine-grained recognition (prompt, answer parser, scorer).
+"""FGVR: multiple-choice fine-grained recognition (bench format, prompt, answer parser, scorer).
 
 The official FGVR path cannot run (official-code.md §2.10: it calls the grounding inference with a
 path string, never increments question ids, references undefined names). What it intended, and
-what we keep: the classification template below (``inference.py`` ``CLASSIFICATION_TEMPLATE``,
-two spaces after the question), answers read from the first ``<answer>…</answer>``, a lettered
-ground truth, accuracy per category. What we define ourselves (no official data format survives):
-options are listed one per line as ``A. <option>`` under the question.
+what we keep: the classification template (``prompts.CLASSIFICATION_TEMPLATE``, from
+``inference.py``, two spaces after the question; prompt mode ``"fgvr"``), answers read from the
+first ``<answer>…</answer>``, a lettered ground truth, accuracy per category. What we define
+ourselves (no official data format survives): options are listed one per line as ``A. <option>``
+under the question. The training data the authors describe (thunlp/KARL #1) is multiple choice
+with 3 same-category distractors, hence 4 options by default.
+
+FGVR bench format (parquet, :data:`FGVR_BENCH_SCHEMA`; built by
+``deepperception.engine.datasets.build_fgvr_bench``), one row per question:
+
+==============  ==========================  =====================================================
+column          type                        meaning
+==============  ==========================  =====================================================
+``question_id`` string                      unique id
+``question``    string                      full user question: stem + lettered options, i.e.
+                                            ``build_question(stem, options)``; inference sends it
+                                            through ``prompts.user_text(question, "fgvr")``
+``options``     list<string>                the option texts, in letter order (2-26, non-empty)
+``image``       struct<bytes, path>         the image (raw encoded bytes), as in KVG-Bench
+``answer``      string                      the correct option LETTER (``"A"``…)
+``category``    string                      group for per-category accuracy
+==============  ==========================  =====================================================
+
+Because ``question_id``/``question``/``image``/``answer``/``category`` match KVG-Bench, the same
+resumable ``eval.inference.run_inference(..., prompt_mode="fgvr")`` generates the outputs.
 
 Answer parsing (:func:`parse_choice`), in order, on the first complete ``<answer>`` block:
 
@@ -17,27 +38,52 @@ Answer parsing (:func:`parse_choice`), in order, on the first complete ``<answer
    ("Boeing 737-800" vs "Boeing 737") the longest wins, otherwise ``ambiguous``.
 3. Otherwise ``unrecognized``; no ``<answer>`` block is ``no_answer_tag``. Nothing outside the
    answer block is ever used, so a model cannot score by listing every option while thinking.
+   A question with no output at all is ``no_output`` (scored wrong).
+
+Output directory of one FGVR scoring (:func:`write_fgvr_report`): ``metrics.json`` (see
+:func:`fgvr_metrics_json`) and ``predictions.parquet`` (one row per question, bench order).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from deepperception.errors import InputDataError
 from deepperception.eval.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, group_cis
+from deepperception.prompts import CLASSIFICATION_TEMPLATE, user_text
 
-# inference.py @ ae5e8a8, verbatim (two spaces after the question).
-CLASSIFICATION_TEMPLATE = "{Question}  Output the thinking process in <think> </think> and final answer in <answer> </answer> tags."
+__all__ = ["CLASSIFICATION_TEMPLATE", "FGVR_BENCH_SCHEMA", "LETTERS", "HOWS", "build_question", "fgvr_prompt",
+           "format_options", "parse_choice", "official_choice", "check_fgvr_items", "score_fgvr",
+           "read_fgvr_bench", "fgvr_metrics_json", "write_fgvr_report", "format_fgvr_table"]
+
 LETTERS = string.ascii_uppercase
 STAGE = "eval.fgvr"
+# Every value of ``predictions.how``, in report order.
+HOWS = ("letter", "option_text", "ambiguous", "unrecognized", "no_answer_tag", "no_output")
+FGVR_BENCH_SCHEMA = pa.schema([
+    pa.field("question_id", pa.string()),
+    pa.field("question", pa.string()),
+    pa.field("options", pa.list_(pa.string())),
+    pa.field("image", pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])),
+    pa.field("answer", pa.string()),
+    pa.field("category", pa.string()),
+])
+SCORING_COLUMNS = ("question_id", "category", "options", "answer")
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.parquet"
+METRICS_SCHEMA = "deepperception.fgvr-metrics/v1"
 
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _OFFICIAL_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>")  # evaluate.py ANSWER_PATTERN (single line)
@@ -71,8 +117,10 @@ def fgvr_prompt(question: str, options: Sequence[str]) -> str:
 
     >>> fgvr_prompt("Which?", ["x", "y"]).endswith("B. y  Output the thinking process in <think> </think> and final answer in <answer> </answer> tags.")
     True
+    >>> fgvr_prompt("Which?", ["x", "y"]) == CLASSIFICATION_TEMPLATE.format(Question=build_question("Which?", ["x", "y"]))
+    True
     """
-    return CLASSIFICATION_TEMPLATE.format(Question=build_question(question, options))
+    return user_text(build_question(question, options), "fgvr")
 
 
 def _norm(s: str) -> str:
@@ -155,6 +203,60 @@ def official_choice(text: str) -> str | None:
     return None
 
 
+def check_fgvr_items(items: pd.DataFrame | pa.Table, *, artifact: str | None = None) -> list[list[str]]:
+    """Validate FGVR items (the bench format above) and return the options per row.
+
+    Needs ``question_id`` (unique), ``category``, ``options`` (>= 2 non-empty, distinct strings) and
+    ``answer`` (a letter within the options). When a ``question`` column is present, each question
+    must end with its lettered options (``build_question``), so the model sees what is scored.
+    Errors are :class:`InputDataError` naming the row and field.
+
+    >>> check_fgvr_items(pd.DataFrame({"question_id": ["q"], "category": ["c"], "options": [["x", "y"]],
+    ...                                "answer": ["B"], "question": ["Which?\\nA. x\\nB. y"]}))
+    [['x', 'y']]
+    >>> check_fgvr_items(pd.DataFrame({"question_id": ["q"], "category": ["c"], "options": [["x", "y"]],
+    ...                                "answer": ["C"]}))
+    Traceback (most recent call last):
+    ...
+    deepperception.errors.InputDataError: [stage=eval.fgvr row=0 field=answer] row 0 (question_id='q'): answer must be one of ['A', 'B'], got 'C'
+    """
+    df = items.to_pandas() if isinstance(items, pa.Table) else items.reset_index(drop=True)
+    missing_cols = [c for c in SCORING_COLUMNS if c not in df.columns]
+    if missing_cols:
+        raise InputDataError(f"FGVR items lack column(s) {missing_cols}", stage=STAGE, artifact=artifact,
+                             field=missing_cols[0])
+    qids = df["question_id"].tolist()
+    for i, q in enumerate(qids):
+        if not isinstance(q, str) or not q:
+            raise InputDataError(f"row {i}: question_id must be a non-empty string, got {q!r}", stage=STAGE,
+                                 artifact=artifact, row=i, field="question_id")
+    dup = df["question_id"].duplicated(keep=False).to_numpy()
+    if dup.any():
+        rows = np.flatnonzero(dup).tolist()
+        raise InputDataError(f"duplicate question_id in rows {rows[:10]}", stage=STAGE, artifact=artifact,
+                             row=rows[0], field="question_id")
+    questions = df["question"].tolist() if "question" in df.columns else [None] * len(qids)
+    opts_list: list[list[str]] = []
+    for i, (opts, ans, question) in enumerate(zip(df["options"].tolist(), df["answer"].tolist(), questions)):
+        opts = list(opts) if opts is not None else []
+        if len(opts) < 2 or not all(isinstance(o, str) and o.strip() for o in opts):
+            raise InputDataError(f"row {i} (question_id={qids[i]!r}): need >= 2 non-empty string options, got {opts!r}",
+                                 stage=STAGE, artifact=artifact, row=i, field="options")
+        if len(opts) > len(LETTERS) or len({_norm(o) for o in opts}) != len(opts):
+            raise InputDataError(f"row {i} (question_id={qids[i]!r}): options must be at most {len(LETTERS)} "
+                                 f"and distinct, got {opts!r}", stage=STAGE, artifact=artifact, row=i, field="options")
+        if not (isinstance(ans, str) and len(ans) == 1 and ans in LETTERS[: len(opts)]):
+            raise InputDataError(f"row {i} (question_id={qids[i]!r}): answer must be one of "
+                                 f"{list(LETTERS[: len(opts)])}, got {ans!r}", stage=STAGE, artifact=artifact,
+                                 row=i, field="answer")
+        if "question" in df.columns and not (isinstance(question, str) and question.endswith("\n" + format_options(opts))):
+            raise InputDataError(f"row {i} (question_id={qids[i]!r}): question does not end with its lettered "
+                                 "options (build it with build_question)", stage=STAGE, artifact=artifact,
+                                 row=i, field="question")
+        opts_list.append(opts)
+    return opts_list
+
+
 @dataclass
 class FgvrResult:
     """``metrics``: ``{"all": {...}, <category>: {...}}`` with ``Acc`` (fraction), ``Num``,
@@ -180,28 +282,10 @@ def score_fgvr(
     (list of strings) and ``answer`` (the correct letter). Questions without output count as
     wrong (``num_missing``); outputs for unknown ids are an error."""
     df = items.to_pandas() if isinstance(items, pa.Table) else items.reset_index(drop=True)
-    missing_cols = [c for c in ("question_id", "category", "options", "answer") if c not in df.columns]
-    if missing_cols:
-        raise InputDataError(f"FGVR items lack column(s) {missing_cols}", stage=STAGE, artifact=artifact,
-                             field=missing_cols[0])
+    opts_list = check_fgvr_items(df, artifact=artifact)
     qids = df["question_id"].tolist()
-    dup = df["question_id"].duplicated(keep=False).to_numpy()
-    if dup.any():
-        rows = np.flatnonzero(dup).tolist()
-        raise InputDataError(f"duplicate question_id in rows {rows[:10]}", stage=STAGE, artifact=artifact,
-                             row=rows[0], field="question_id")
-    opts_list: list[list[str]] = []
-    for i, (opts, ans) in enumerate(zip(df["options"].tolist(), df["answer"].tolist())):
-        opts = list(opts) if opts is not None else []
-        if len(opts) < 2 or not all(isinstance(o, str) and o.strip() for o in opts):
-            raise InputDataError(f"row {i} (question_id={qids[i]!r}): need >= 2 non-empty string options, got {opts!r}",
-                                 stage=STAGE, artifact=artifact, row=i, field="options")
-        if not (isinstance(ans, str) and len(ans) == 1 and ans in LETTERS[: len(opts)]):
-            raise InputDataError(f"row {i} (question_id={qids[i]!r}): answer must be one of "
-                                 f"{list(LETTERS[: len(opts)])}, got {ans!r}", stage=STAGE, artifact=artifact,
-                                 row=i, field="answer")
-        opts_list.append(opts)
-    extra = [q for q in outputs if q not in set(qids)]
+    qset = set(qids)
+    extra = [q for q in outputs if q not in qset]
     if extra:
         raise InputDataError(f"{len(extra)} output(s) for unknown question ids, e.g. {extra[:10]}", stage=STAGE,
                              artifact=artifact, row=str(extra[0]), field="question_id")
@@ -242,3 +326,80 @@ def score_fgvr(
     })
     return FgvrResult(metrics=metrics, predictions=predictions, cis=cis,
                       num_missing=int(sum(q not in outputs for q in qids)))
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+
+def read_fgvr_bench(path: str | os.PathLike[str], columns: Sequence[str] | None = None) -> pa.Table:
+    """Read an FGVR bench parquet, checking that the requested columns (default: all of
+    :data:`FGVR_BENCH_SCHEMA`) exist with usable types. Pass ``columns=SCORING_COLUMNS`` to skip
+    the image bytes. Row-level checks are :func:`check_fgvr_items`'s."""
+    p = str(path)
+    stage = "eval.read_fgvr_bench"
+    try:
+        schema = pq.read_schema(p)
+    except (OSError, pa.ArrowException) as e:
+        raise InputDataError(f"cannot read FGVR bench parquet: {e}", stage=stage, artifact=p) from e
+    wanted = list(FGVR_BENCH_SCHEMA.names if columns is None else columns)
+    missing = [c for c in wanted if c not in schema.names]
+    if missing:
+        raise InputDataError(f"FGVR bench lacks column(s) {missing}; has {schema.names}", stage=stage, artifact=p,
+                             field=missing[0])
+    if "options" in wanted:
+        t = schema.field("options").type
+        if not ((pa.types.is_list(t) or pa.types.is_large_list(t))
+                and (pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type))):
+            raise InputDataError(f"options must be list<string>, got {t}", stage=stage, artifact=p, field="options")
+    if "image" in wanted:
+        t = schema.field("image").type
+        if not (pa.types.is_struct(t) and t.get_field_index("bytes") >= 0):
+            raise InputDataError(f"image must be struct<bytes: binary, path: string>, got {t}", stage=stage,
+                                 artifact=p, field="image")
+    return pq.read_table(p, columns=wanted)
+
+
+def fgvr_metrics_json(result: FgvrResult) -> dict[str, Any]:
+    """The ``metrics.json`` object::
+
+        {"schema": "deepperception.fgvr-metrics/v1", "num_questions": N, "num_missing": k,
+         "groups": {"all" | <category>: {"Acc", "Num", "parse_rate", "official_Acc",
+                                          "ci": {"estimate", "lo", "hi", "confidence", ...},
+                                          "how": {<parse method>: count, ...}}}}
+
+    Fractions, not percentages; ``how`` lists every method of :data:`HOWS` (zeros included).
+    """
+    pred = result.predictions
+    groups: dict[str, Any] = {}
+    for g, m in result.metrics.items():
+        hows = pred["how"] if g == "all" else pred.loc[pred["category"] == g, "how"]
+        counts = hows.value_counts()
+        groups[g] = {**m, "ci": result.cis[g], "how": {h: int(counts.get(h, 0)) for h in HOWS}}
+    return {"schema": METRICS_SCHEMA, "num_questions": int(len(pred)), "num_missing": result.num_missing,
+            "groups": groups}
+
+
+def write_fgvr_report(result: FgvrResult, out_dir: str | os.PathLike[str]) -> Path:
+    """Write ``metrics.json`` (:func:`fgvr_metrics_json`, indented) and ``predictions.parquet``
+    into ``out_dir`` (created if needed); returns the metrics path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pred = result.predictions.astype({"choice": "string"})
+    pq.write_table(pa.Table.from_pandas(pred, preserve_index=False), out / PREDICTIONS_FILE)
+    path = out / METRICS_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(fgvr_metrics_json(result), indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def format_fgvr_table(result: FgvrResult) -> str:
+    """Human-readable per-group table (percentages; ``metrics.json`` keeps fractions)."""
+    head = f"{'group':<15}{'N':>6}{'Acc':>8}  {'95% CI':<17}{'official':>9}{'parsed':>8}"
+    lines = [head, "-" * len(head)]
+    for g, m in result.metrics.items():
+        ci = result.cis[g]
+        lines.append(f"{g:<15}{m['Num']:>6}{100 * m['Acc']:8.2f}  [{100 * ci['lo']:6.2f},{100 * ci['hi']:6.2f}]  "
+                     f"{100 * m['official_Acc']:9.2f}{100 * m['parse_rate']:8.2f}")
+    lines.append("Acc/official/parsed in %; official = the intended official rule (first answer, cut at '.').")
+    return "\n".join(lines)

@@ -296,7 +296,9 @@ def run_inference(
 
     ``bench_rows``: a ``pyarrow.Table`` or iterable of dicts in KVG-Bench schema (``question_id``,
     ``question``, ``image`` = ``{bytes, path}`` struct / bytes / PIL, ``answer``, ``category``).
-    ``prompt_mode``: ``r1`` (DeepPerception), ``baseline`` (raw question, base Qwen2-VL) or ``cot``.
+    ``prompt_mode``: ``r1`` (DeepPerception), ``baseline`` (raw question, base Qwen2-VL), ``cot``, or
+    ``fgvr`` (official classification template; rows are then an FGVR bench, see
+    :mod:`deepperception.eval.fgvr`, whose ``answer`` is a letter, so records get ``gt_bbox == []``).
     Decoding comes from the checkpoint's ``generation_config.json`` (greedy for Qwen2-VL-Instruct;
     see :func:`~deepperception.model.generation.decoding_from_generation_config`).
     ``dtype`` defaults to float32 on CPU and bfloat16 elsewhere (the official evaluator's dtype).
