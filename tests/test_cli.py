@@ -6,7 +6,7 @@ import pyarrow as pa
 from typer.testing import CliRunner
 
 from deepperception.cli import app
-from deepperception.store import ArtifactRef, ArtifactStore, StoreSettings
+from deepperception.store import ArtifactStore, StoreSettings
 
 
 def _commit(store, name="entities", up=None):

@@ -15,26 +15,12 @@ import pyarrow as pa
 from PIL import Image
 
 from deepperception.errors import InputDataError
+from deepperception.images import decode_image  # noqa: F401  (re-exported for the engine)
+from deepperception.tables import require_columns  # noqa: F401
 
 BOX_INT = pa.list_(pa.int32(), 4)
 BOX_FLOAT = pa.list_(pa.float32(), 4)
 IMAGE_STRUCT = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
-
-
-def require_columns(table: pa.Table, columns: Sequence[str], *, stage: str, artifact: str | None = None) -> None:
-    """Raise ``InputDataError`` naming the first missing column (and listing what is there).
-
-    >>> require_columns(pa.table({"a": [1]}), ["a"], stage="s")
-    >>> require_columns(pa.table({"a": [1]}), ["a", "b"], stage="s")
-    Traceback (most recent call last):
-    ...
-    deepperception.errors.InputDataError: [stage=s field=b] missing column(s) ['b']; table has ['a']
-    """
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise InputDataError(
-            f"missing column(s) {missing}; table has {table.column_names}", stage=stage, artifact=artifact, field=missing[0]
-        )
 
 
 def encode_png(img: Image.Image) -> bytes:
@@ -42,26 +28,6 @@ def encode_png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.convert("RGB").save(buf, format="PNG", compress_level=3)
     return buf.getvalue()
-
-
-def decode_image(data: bytes | None, *, stage: str, row: int | str, field: str = "image", artifact: str | None = None) -> Image.Image:
-    """Decode image bytes to RGB, turning any decoder failure into an error that names the row.
-
-    >>> decode_image(b"not a png", stage="compose", row=3)
-    Traceback (most recent call last):
-    ...
-    deepperception.errors.InputDataError: [stage=compose row=3 field=image] image bytes do not decode: ...
-    """
-    if not data:
-        raise InputDataError("image bytes are empty or null", stage=stage, artifact=artifact, row=row, field=field)
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return im.convert("RGB")
-    except Exception as exc:  # PIL raises several unrelated types for corrupt data
-        raise InputDataError(
-            f"image bytes do not decode: {type(exc).__name__}: {exc}", stage=stage, artifact=artifact, row=row, field=field
-        ) from None
 
 
 def png_data_url(png: bytes) -> str:

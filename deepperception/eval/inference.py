@@ -35,7 +35,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 from deepperception.boxes import parse_gt_box
 from deepperception.errors import ConfigError, InputDataError
@@ -200,7 +200,7 @@ def _record(row: dict, mode: str, gen, hw: list[int]) -> dict[str, Any]:
 
 def _length_key(row: dict) -> tuple[int, int]:
     """Sort key that groups similar prompt lengths (image area dominates) to cut padding."""
-    from deepperception.model.generation import decode_image
+    from deepperception.images import decode_image
     try:
         w, h = decode_image(row["image"], row=row["question_id"]).size
     except InputDataError:
@@ -214,7 +214,8 @@ def _batches(seq: Sequence[dict], n: int) -> Iterator[list[dict]]:
 
 
 def _prepare(rows: Sequence[dict], processor, mode: PromptMode, preresize: bool):
-    from deepperception.model.generation import decode_image, official_fetch_image, render_prompt
+    from deepperception.images import decode_image
+    from deepperception.model.generation import official_fetch_image, render_prompt
     prompts, images, hws = [], [], []
     for r in rows:
         img = decode_image(r["image"], row=r["question_id"])

@@ -16,14 +16,12 @@ Decoding follows the checkpoint's ``generation_config.json`` (see :func:`decodin
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 from PIL import Image
 
-from deepperception.errors import InputDataError
 from deepperception.prompts import PromptMode, grounding_messages
 
 # qwen_vl_utils 0.0.10 defaults (the version the official evaluator pins).
@@ -67,28 +65,6 @@ def official_fetch_image(img: Image.Image) -> Image.Image:
     w, h = img.size
     rh, rw = qwen_vl_utils_smart_resize(h, w)
     return img.resize((rw, rh))
-
-
-def decode_image(image: Any, *, row: Any = None) -> Image.Image:
-    """A PIL image from a KVG ``image`` value: ``{"bytes", "path"}`` struct, raw bytes, a path, or PIL."""
-    try:
-        if isinstance(image, Image.Image):
-            return image
-        if isinstance(image, dict):
-            if image.get("bytes"):
-                return Image.open(io.BytesIO(image["bytes"]))
-            if image.get("path"):
-                return Image.open(image["path"])
-            raise InputDataError("image struct has neither bytes nor path", row=row, field="image")
-        if isinstance(image, (bytes, bytearray)):
-            return Image.open(io.BytesIO(image))
-        if isinstance(image, str):
-            return Image.open(image)
-    except InputDataError:
-        raise
-    except Exception as e:  # PIL raises a zoo of exception types
-        raise InputDataError(f"image does not decode: {e}", row=row, field="image") from e
-    raise InputDataError(f"unsupported image value of type {type(image).__name__}", row=row, field="image")
 
 
 @dataclass(frozen=True)

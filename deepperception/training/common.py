@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
@@ -10,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deepperception.errors import ConfigError, InputDataError
+from deepperception.errors import ConfigError
 
 
 @dataclass
@@ -26,27 +25,6 @@ class TrainResult:
         d = asdict(self)
         d["checkpoint_dir"] = str(self.checkpoint_dir)
         return d
-
-
-def require_columns(table, columns: tuple[str, ...], stage: str) -> None:
-    names = table.column_names
-    missing = [c for c in columns if c not in names]
-    if missing:
-        raise InputDataError(f"table lacks columns {missing} (has {names})", stage=stage, field=missing[0])
-    if table.num_rows == 0:
-        raise InputDataError("table has no rows", stage=stage)
-
-
-def png_to_pil(value: Any, *, stage: str, row: Any, field_name: str):
-    """PIL image (RGB) from PNG bytes / an ``{bytes, path}`` struct / a path."""
-    from PIL import Image
-    try:
-        if isinstance(value, dict):
-            value = value.get("bytes") or value.get("path")
-        img = Image.open(io.BytesIO(value)) if isinstance(value, (bytes, bytearray)) else Image.open(value)
-        return img.convert("RGB")
-    except Exception as e:
-        raise InputDataError(f"image does not decode: {e}", stage=stage, row=row, field=field_name) from e
 
 
 def freeze_vision(model, *, vision_tower: bool, projector: bool) -> dict[str, int]:

@@ -33,8 +33,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from deepperception.errors import ConfigError, InputDataError
 from deepperception.prompts import grounding_messages
+from deepperception.images import decode_image
+from deepperception.tables import require_columns
 from deepperception.training.common import (
-    Timer, TrainResult, remove_if_empty, loss_metrics, png_to_pil, require_columns, write_stage_json,
+    Timer, TrainResult, remove_if_empty, loss_metrics,  write_stage_json,
 )
 from deepperception.training.rewards import FormatMode, RewardConfig, make_reward_funcs
 
@@ -123,7 +125,7 @@ class GRPOStageConfig(BaseModel):
 def _dataset(rows, stage: str = "grpo"):
     from datasets import Dataset
 
-    require_columns(rows, GRPO_COLUMNS, stage)
+    require_columns(rows, GRPO_COLUMNS, stage=stage, allow_empty=False)
     prompts, images, solutions, qids = [], [], [], []
     for r in rows.to_pylist():
         qid = r["question_id"]
@@ -132,7 +134,7 @@ def _dataset(rows, stage: str = "grpo"):
         if not isinstance(r["solution"], str) or not r["solution"]:
             raise InputDataError("empty solution", stage=stage, row=qid, field="solution")
         prompts.append(grounding_messages(r["problem"], "r1"))
-        images.append(png_to_pil(r["image"], stage=stage, row=qid, field_name="image"))
+        images.append(decode_image(r["image"], stage=stage, row=qid, field="image"))
         solutions.append(r["solution"])
         qids.append(qid)
     return Dataset.from_dict({"prompt": prompts, "image": images, "solution": solutions, "question_id": qids})

@@ -22,8 +22,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from deepperception.errors import ConfigError, InputDataError
+from deepperception.images import decode_image
+from deepperception.tables import require_columns
 from deepperception.training.common import (
-    Timer, TrainResult, remove_if_empty, freeze_vision, loss_metrics, png_to_pil, require_columns, write_stage_json,
+    Timer, TrainResult, remove_if_empty, freeze_vision, loss_metrics,  write_stage_json,
 )
 
 SFT_COLUMNS = ("question_id", "messages", "images")
@@ -83,7 +85,7 @@ class SFTStageConfig(BaseModel):
 def _dataset(rows, stage: str = "sft"):
     from datasets import Dataset
 
-    require_columns(rows, SFT_COLUMNS, stage)
+    require_columns(rows, SFT_COLUMNS, stage=stage, allow_empty=False)
     messages, images = [], []
     for i, r in enumerate(rows.to_pylist()):
         qid = r["question_id"]
@@ -93,7 +95,7 @@ def _dataset(rows, stage: str = "sft"):
             raise InputDataError(f"messages is not JSON: {e}", stage=stage, row=qid, field="messages") from e
         n_parts = sum(1 for m in msgs if isinstance(m.get("content"), list)
                       for p in m["content"] if isinstance(p, dict) and p.get("type") == "image")
-        imgs = [png_to_pil(b, stage=stage, row=qid, field_name="images") for b in (r["images"] or [])]
+        imgs = [decode_image(b, stage=stage, row=qid, field="images") for b in (r["images"] or [])]
         if n_parts != len(imgs):
             raise InputDataError(f"{n_parts} image parts in messages but {len(imgs)} images", stage=stage, row=qid,
                                  field="images")

@@ -74,7 +74,7 @@ def test_image_folder_names_the_corrupt_file(tmp_path):
     _write(tmp_path / "Cessna 172" / "ok.png", (16, 16), (1, 2, 3), "PNG")
     bad = tmp_path / "Cessna 172" / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
-    with pytest.raises(InputDataError, match=r"broken\.jpg.*field=image.*do not decode"):
+    with pytest.raises(InputDataError, match=r"broken\.jpg.*field=image.*does not decode"):
         collect_from_image_folder(tmp_path, "aircraft", "seen")
 
 

@@ -50,7 +50,8 @@ def test_matches_official_single_question_loop(reference_run, tiny_ckpt, bench):
     (do_sample=True, top_k=1, repetition_penalty=1.05), decode without special tokens."""
     import torch
 
-    from deepperception.model.generation import decode_image, official_fetch_image
+    from deepperception.images import decode_image
+    from deepperception.model.generation import official_fetch_image
     from deepperception.model.loading import load_model, load_processor
 
     model, proc = load_model(tiny_ckpt), load_processor(tiny_ckpt)

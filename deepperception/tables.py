@@ -1,0 +1,29 @@
+"""Checks on input tables shared by every stage."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pyarrow as pa
+
+from deepperception.errors import InputDataError
+
+
+def require_columns(
+    table: pa.Table, columns: Sequence[str], *, stage: str, artifact: str | None = None, allow_empty: bool = True
+) -> None:
+    """Raise ``InputDataError`` naming the first missing column (and listing what is there).
+
+    >>> require_columns(pa.table({"a": [1]}), ["a"], stage="s")
+    >>> require_columns(pa.table({"a": [1]}), ["a", "b"], stage="s")
+    Traceback (most recent call last):
+    ...
+    deepperception.errors.InputDataError: [stage=s field=b] missing column(s) ['b']; table has ['a']
+    """
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise InputDataError(
+            f"missing column(s) {missing}; table has {table.column_names}", stage=stage, artifact=artifact, field=missing[0]
+        )
+    if not allow_empty and table.num_rows == 0:
+        raise InputDataError("table has no rows", stage=stage, artifact=artifact)
