@@ -99,11 +99,14 @@ def _summary(store, label: str, ref: ArtifactRef) -> EvalSummary:
     meta = m.metadata
     cis = {g: {"lo": v["official"]["lo"], "hi": v["official"]["hi"]} for g, v in meta.get("cis", {}).items()}
     ckpt = ArtifactRef.parse(meta["checkpoint"])
-    ckpt_meta = store.manifest(ckpt).metadata
+    ckpt_manifest = store.manifest(ckpt)
+    ckpt_meta = ckpt_manifest.metadata
     notes = []
-    rl = ckpt_meta.get("stats")
-    if rl:
-        notes.append(f"rl-filter policy {rl.get('policy_applied')}")
+    for role, up in ckpt_manifest.upstream.items():
+        stats = store.manifest(ArtifactRef.parse(up)).metadata.get("stats") or {}
+        if stats.get("policy_applied"):
+            notes.append(f"trained on {up} ({role}): rl-filter kept {stats.get('n_kept')} of {stats.get('n_in')} "
+                         f"items, policy `{stats['policy_applied']}`")
     return EvalSummary(
         label=label, checkpoint=meta["checkpoint"] + (f" (external: {ckpt_meta['external_path']})"
                                                        if ckpt_meta.get("external_path") else ""),
