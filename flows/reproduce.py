@@ -41,18 +41,19 @@ def _gpu_stage(stage_flow, dispatch: str, **params):
 @flow(name="reproduce", log_prints=True)
 def reproduce(
     config: ReproductionConfig | None = None,
+    profile_name: Literal["toy", "demo", "paper"] = "demo",
     store_uri: str | None = None,
     force_stages: list[Stage] | None = None,
     dispatch: Literal["inline", "deployments"] = "inline",
 ) -> dict:
-    """Run every stage in order; each reuses its committed version when nothing it depends on
+    """Run every stage in order (``config``, or the named profile when no config is given); each reuses its committed version when nothing it depends on
     changed, so a rerun after editing one stage's config recomputes only that stage and below.
 
     ``force_stages`` recomputes the named stages even if unchanged (and hence their dependants).
     ``dispatch="deployments"`` sends SFT, RL filtering, GRPO and evaluation to their deployments
     on the `gpu` work pool (prefect.yaml) instead of running them in this process.
     """
-    cfg = config or profile("demo")
+    cfg = config or profile(profile_name)
     force = set(force_stages or [])
     unknown = force - set(STAGES)
     if unknown:
