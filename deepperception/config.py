@@ -27,6 +27,7 @@ from deepperception.engine.distillation import DistillConfig
 from deepperception.engine.filtering import FilterConfig
 from deepperception.engine.labeling import LabelConfig
 from deepperception.training.grpo import GRPOStageConfig
+from deepperception.training.launch import LaunchConfig
 from deepperception.training.sft import SFTStageConfig
 
 ProfileName = Literal["toy", "demo", "paper"]
@@ -154,6 +155,10 @@ class ReproductionConfig(_Strict):
     rl_filter: RLFilterConfig = Field(default_factory=RLFilterConfig)
     grpo: GRPOStageConfig = Field(default_factory=lambda: GRPOStageConfig.profile("cpu_tiny"))
     evaluation: EvalStageConfig = Field(default_factory=EvalStageConfig)
+    launch: LaunchConfig = Field(
+        default_factory=LaunchConfig,
+        description="How training processes start (in process on CPU; accelerate + ZeRO-3 on GPU workers). "
+        "Not part of any artifact version: it changes where training runs, not what it computes.")
 
     def categories(self) -> tuple[list[str], list[str]]:
         """(seen, all) category lists for scoring, in a stable order."""
@@ -200,7 +205,7 @@ def profile(name: ProfileName) -> ReproductionConfig:
             base_model=BaseModelConfig(vocab_size=2048, hidden=128, layers=4, image_max_pixels=112 * 112 * 2),
             sft=SFTStageConfig.profile("cpu_tiny", max_steps=640, per_device_train_batch_size=8, learning_rate=2e-3,
                                        lr_scheduler_type="cosine", warmup_ratio=0.05, freeze_vision_tower=False,
-                                       freeze_projector=False),
+                                       freeze_projector=False, logging_steps=20),
             rl_filter=RLFilterConfig(n_samples=4, max_new_tokens=420, batch_size=128, on_empty="keep_all"),
             grpo=GRPOStageConfig.profile("cpu_tiny", max_steps=16, num_generations=4, per_device_train_batch_size=8,
                                          max_completion_length=420, learning_rate=2e-5),
@@ -216,6 +221,7 @@ def profile(name: ProfileName) -> ReproductionConfig:
             rl_filter=RLFilterConfig(max_new_tokens=512),
             grpo=GRPOStageConfig.profile("paper"),
             evaluation=EvalStageConfig(max_new_tokens=1500, device="cuda"),
+            launch=LaunchConfig(kind="accelerate", num_processes=8),
         )
     raise ValueError(f"unknown profile {name!r}; expected toy, demo or paper")
 

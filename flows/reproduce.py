@@ -74,11 +74,11 @@ def reproduce(
 
     base = stages.build_base_model(cfg.base_model, data["sft_dataset"], data["grpo_pool"], uri, f("base-model"))
     sft = _gpu_stage(stages.train_sft, dispatch, config=cfg.sft, base=base, dataset=data["sft_dataset"],
-                     store_uri=uri, force=f("sft"))
+                     store_uri=uri, force=f("sft"), launch=cfg.launch)
     grpo_data = _gpu_stage(stages.rl_filter, dispatch, config=cfg.rl_filter, checkpoint=sft,
                            pool=data["grpo_pool"], store_uri=uri, force=f("rl-filter"))
     grpo = _gpu_stage(stages.train_grpo, dispatch, config=cfg.grpo, checkpoint=sft, dataset=grpo_data,
-                      store_uri=uri, force=f("grpo"))
+                      store_uri=uri, force=f("grpo"), launch=cfg.launch)
 
     seen, all_categories = cfg.categories()
     evaluations = {

@@ -23,6 +23,7 @@ from deepperception.engine.composition import CompositionConfig
 from deepperception.engine.filtering import FilterConfig
 from deepperception.store import ArtifactRef
 from deepperception.training.grpo import GRPOStageConfig
+from deepperception.training.launch import LaunchConfig
 from deepperception.training.sft import SFTStageConfig
 from flows.dispatch import record_stage_result
 from tasks import engine, evaluation, training
@@ -86,8 +87,8 @@ def build_base_model(config: BaseModelConfig, sft_dataset: ArtifactRef, grpo_poo
 
 @flow(name="train-sft", on_completion=[record_stage_result])
 def train_sft(config: SFTStageConfig, base: ArtifactRef, dataset: ArtifactRef,
-              store_uri: str | None = None, force: bool = False) -> ArtifactRef:
-    return training.train_sft_task(config, base, dataset, store_uri, force)
+              store_uri: str | None = None, force: bool = False, launch: LaunchConfig | None = None) -> ArtifactRef:
+    return training.train_sft_task(config, base, dataset, store_uri, force, launch)
 
 
 @flow(name="rl-filter", on_completion=[record_stage_result])
@@ -98,8 +99,8 @@ def rl_filter(config: RLFilterConfig, checkpoint: ArtifactRef, pool: ArtifactRef
 
 @flow(name="train-grpo", on_completion=[record_stage_result])
 def train_grpo(config: GRPOStageConfig, checkpoint: ArtifactRef, dataset: ArtifactRef,
-               store_uri: str | None = None, force: bool = False) -> ArtifactRef:
-    return training.train_grpo_task(config, checkpoint, dataset, store_uri, force)
+               store_uri: str | None = None, force: bool = False, launch: LaunchConfig | None = None) -> ArtifactRef:
+    return training.train_grpo_task(config, checkpoint, dataset, store_uri, force, launch)
 
 
 @flow(name="evaluate-checkpoint", on_completion=[record_stage_result])

@@ -16,6 +16,7 @@ from deepperception.config import BaseModelConfig, RLFilterConfig
 from deepperception.store import ArtifactRef
 from deepperception.store.stage import run_stage
 from deepperception.training.grpo import GRPOStageConfig
+from deepperception.training.launch import LaunchConfig, run_training
 from deepperception.training.sft import SFTStageConfig
 from tasks.common import TASK_DEFAULTS, checkpoint_dir, open_store, register_external_checkpoint
 
@@ -62,16 +63,15 @@ def build_base_model_task(
 @task(name="train-sft", **TASK_DEFAULTS)
 def train_sft_task(
     config: SFTStageConfig, base: ArtifactRef, dataset: ArtifactRef,
-    store_uri: str | None = None, force: bool = False,
+    store_uri: str | None = None, force: bool = False, launch: LaunchConfig | None = None,
 ) -> ArtifactRef:
-    from deepperception.training.sft import train_sft
-
     store = open_store(store_uri)
     logger = get_run_logger()
 
     def produce(w):
         with tempfile.TemporaryDirectory(prefix="dp-sft-") as tmp:
-            result = train_sft(store.read_table(dataset), checkpoint_dir(store, base), Path(tmp) / "ckpt", config)
+            result = run_training("sft", store.read_table(dataset), checkpoint_dir(store, base), Path(tmp) / "ckpt",
+                                  config, launch)
             logger.info("train-sft: %s", result.metrics)
             w.write_dir(result.checkpoint_dir)
         return {"train": result.metrics}
@@ -111,16 +111,15 @@ def rl_filter_task(
 @task(name="train-grpo", **TASK_DEFAULTS)
 def train_grpo_task(
     config: GRPOStageConfig, checkpoint: ArtifactRef, dataset: ArtifactRef,
-    store_uri: str | None = None, force: bool = False,
+    store_uri: str | None = None, force: bool = False, launch: LaunchConfig | None = None,
 ) -> ArtifactRef:
-    from deepperception.training.grpo import train_grpo
-
     store = open_store(store_uri)
     logger = get_run_logger()
 
     def produce(w):
         with tempfile.TemporaryDirectory(prefix="dp-grpo-") as tmp:
-            result = train_grpo(store.read_table(dataset), checkpoint_dir(store, checkpoint), Path(tmp) / "ckpt", config)
+            result = run_training("grpo", store.read_table(dataset), checkpoint_dir(store, checkpoint),
+                                  Path(tmp) / "ckpt", config, launch)
             logger.info("train-grpo: %s", result.metrics)
             w.write_dir(result.checkpoint_dir)
         return {"train": result.metrics}

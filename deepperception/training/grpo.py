@@ -36,7 +36,7 @@ from deepperception.prompts import grounding_messages
 from deepperception.images import decode_image
 from deepperception.tables import require_columns
 from deepperception.training.common import (
-    Timer, TrainResult, remove_if_empty, loss_metrics,  write_stage_json,
+    Timer, TrainResult, remove_if_empty, loss_metrics, write_stage_json,
 )
 from deepperception.training.rewards import FormatMode, RewardConfig, make_reward_funcs
 
@@ -152,9 +152,8 @@ def train_grpo(rows, ckpt_dir: str | Path, out_dir: str | Path, cfg: GRPOStageCo
     out.mkdir(parents=True, exist_ok=True)
     ds = _dataset(rows)
     processor = set_pixel_limits(load_processor(ckpt_dir), cfg.image_min_pixels, cfg.image_max_pixels)
-    dtype = "bfloat16" if cfg.bf16 and not cfg.use_cpu else "float32"
-    model = load_model(ckpt_dir, device="cpu", dtype=dtype)
-    model.train()
+    # Arguments before the model: with a DeepSpeed ZeRO-3 config this makes from_pretrained load
+    # the weights already partitioned across ranks instead of whole in every process.
     args = GRPOConfig(
         output_dir=str(out / "_trainer"), learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs,
         max_steps=cfg.max_steps, per_device_train_batch_size=cfg.per_device_train_batch_size,
@@ -167,13 +166,18 @@ def train_grpo(rows, ckpt_dir: str | Path, out_dir: str | Path, cfg: GRPOStageCo
         data_seed=cfg.seed, logging_steps=cfg.logging_steps, report_to=cfg.report_to, save_strategy="no",
         dataloader_num_workers=0, disable_tqdm=True,
     )
+    dtype = "bfloat16" if cfg.bf16 and not cfg.use_cpu else "float32"
+    model = load_model(ckpt_dir, device="cpu", dtype=dtype)
+    model.train()
     trainer = GRPOTrainer(model=model, reward_funcs=make_reward_funcs(cfg.reward), args=args, train_dataset=ds,
                           processing_class=processor)
     with Timer() as t:
         trainer.train()
     trainer.save_model(str(out))
-    save_processor(processor, out)
-    remove_if_empty(out / "_trainer")
+    main_process = trainer.is_world_process_zero()  # under accelerate/torchrun only rank 0 writes files
+    if main_process:
+        save_processor(processor, out)
+        remove_if_empty(out / "_trainer")
     hist = trainer.state.log_history
     steps = trainer.state.global_step
 
@@ -188,6 +192,7 @@ def train_grpo(rows, ckpt_dir: str | Path, out_dir: str | Path, cfg: GRPOStageCo
         "completion_mean_length": series("completions/mean_length"),
         "pixel_limits": read_size(processor.image_processor),
     }
-    write_stage_json(out, "train_stage.json", {"stage": "grpo", "base_checkpoint": str(ckpt_dir),
+    if main_process:
+        write_stage_json(out, "train_stage.json", {"stage": "grpo", "base_checkpoint": str(ckpt_dir),
                                                "config": cfg.model_dump(), "metrics": metrics})
     return TrainResult(out, metrics)

@@ -25,7 +25,7 @@ from deepperception.errors import ConfigError, InputDataError
 from deepperception.images import decode_image
 from deepperception.tables import require_columns
 from deepperception.training.common import (
-    Timer, TrainResult, remove_if_empty, freeze_vision, loss_metrics,  write_stage_json,
+    Timer, TrainResult, remove_if_empty, freeze_vision, loss_metrics, write_stage_json,
 )
 
 SFT_COLUMNS = ("question_id", "messages", "images")
@@ -122,10 +122,8 @@ def train_sft(rows, base_ckpt_dir: str | Path, out_dir: str | Path, cfg: SFTStag
     out.mkdir(parents=True, exist_ok=True)
     ds = _dataset(rows)
     processor = set_pixel_limits(load_processor(base_ckpt_dir), cfg.image_min_pixels, cfg.image_max_pixels)
-    dtype = "bfloat16" if cfg.bf16 and not cfg.use_cpu else "float32"
-    model = load_model(base_ckpt_dir, device="cpu", dtype=dtype)
-    model.train()
-    counts = freeze_vision(model, vision_tower=cfg.freeze_vision_tower, projector=cfg.freeze_projector)
+    # Arguments before the model: with a DeepSpeed ZeRO-3 config this makes from_pretrained load
+    # the weights already partitioned across ranks instead of whole in every process.
     args = SFTConfig(
         output_dir=str(out / "_trainer"), learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs,
         max_steps=cfg.max_steps, per_device_train_batch_size=cfg.per_device_train_batch_size,
@@ -136,18 +134,25 @@ def train_sft(rows, base_ckpt_dir: str | Path, out_dir: str | Path, cfg: SFTStag
         logging_steps=cfg.logging_steps, dataloader_num_workers=cfg.dataloader_num_workers, report_to=cfg.report_to,
         save_strategy="no", disable_tqdm=True,
     )
+    dtype = "bfloat16" if cfg.bf16 and not cfg.use_cpu else "float32"
+    model = load_model(base_ckpt_dir, device="cpu", dtype=dtype)
+    model.train()
+    counts = freeze_vision(model, vision_tower=cfg.freeze_vision_tower, projector=cfg.freeze_projector)
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=processor)
     with Timer() as t:
         trainer.train()
     trainer.save_model(str(out))
-    save_processor(processor, out)
-    remove_if_empty(out / "_trainer")
+    main_process = trainer.is_world_process_zero()  # under accelerate/torchrun only rank 0 writes files
+    if main_process:
+        save_processor(processor, out)
+        remove_if_empty(out / "_trainer")
     steps = trainer.state.global_step
     metrics: dict[str, Any] = {
         **loss_metrics(trainer.state.log_history), "steps": steps, "runtime_s": round(t.seconds, 3),
         "s_per_step": round(t.seconds / steps, 4) if steps else None, "n_rows": len(ds), **counts,
         "pixel_limits": read_size(processor.image_processor),
     }
-    write_stage_json(out, "train_stage.json", {"stage": "sft", "base_checkpoint": str(base_ckpt_dir),
+    if main_process:
+        write_stage_json(out, "train_stage.json", {"stage": "sft", "base_checkpoint": str(base_ckpt_dir),
                                                "config": cfg.model_dump(), "metrics": metrics})
     return TrainResult(out, metrics)
