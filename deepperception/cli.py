@@ -83,12 +83,9 @@ def reproduce(
 
 
 def _mount_eval() -> None:
-    try:
-        from deepperception.eval.cli import eval_app
-        from deepperception.eval import run_cli  # noqa: F401  (registers `eval run`)
-        from deepperception.eval import fgvr_cli  # noqa: F401  (registers `eval fgvr-run`, `eval fgvr-score`)
-    except ImportError:  # pragma: no cover - only while the eval package is absent
-        return
+    from deepperception.eval import fgvr_cli, run_cli  # noqa: F401  (register `eval run`, `eval fgvr-*`)
+    from deepperception.eval.cli import eval_app
+
     app.add_typer(eval_app, name="eval", help="Score, compare and run KVG-Bench evaluations.")
 
 

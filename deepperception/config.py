@@ -117,6 +117,7 @@ class RLFilterConfig(_Strict):
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(512, ge=1)
     batch_size: int = Field(8, ge=1)
+    device: str = Field("cpu", description="Where the stage-1 model samples (cuda on GPU workers).")
     on_empty: Literal["error", "keep_all"] = Field(
         "error", description="What to do when no item survives: fail, or keep every item (recorded in the manifest)."
     )
@@ -159,15 +160,6 @@ class ReproductionConfig(_Strict):
         default_factory=LaunchConfig,
         description="How training processes start (in process on CPU; accelerate + ZeRO-3 on GPU workers). "
         "Not part of any artifact version: it changes where training runs, not what it computes.")
-
-    def categories(self) -> tuple[list[str], list[str]]:
-        """(seen, all) category lists for scoring, in a stable order."""
-        if self.data.kind == "synthetic":
-            seen = list(self.data.synthetic.seen_categories)
-            return seen, seen + list(self.data.synthetic.unseen_categories)
-        seen = [f.category for f in self.data.folders if f.split == "seen"]
-        unseen = [f.category for f in self.data.folders if f.split == "unseen"]
-        return list(dict.fromkeys(seen)), list(dict.fromkeys(seen + unseen))
 
 
 def profile(name: ProfileName) -> ReproductionConfig:
@@ -218,7 +210,7 @@ def profile(name: ProfileName) -> ReproductionConfig:
             distillation=DistillationStageConfig(backend="openai"),
             base_model=BaseModelConfig(checkpoint="Qwen2-VL-7B-Instruct"),
             sft=SFTStageConfig.profile("paper"),
-            rl_filter=RLFilterConfig(max_new_tokens=512),
+            rl_filter=RLFilterConfig(max_new_tokens=512, device="cuda"),
             grpo=GRPOStageConfig.profile("paper"),
             evaluation=EvalStageConfig(max_new_tokens=1500, device="cuda"),
             launch=LaunchConfig(kind="accelerate", num_processes=8),

@@ -46,3 +46,7 @@ class ConfigError(PipelineError, ValueError):
 
 class ArtifactError(PipelineError):
     """A missing, incomplete or corrupt artifact version in the store."""
+
+
+class AlreadyCommittedError(ArtifactError):
+    """Another run committed this exact version first (same inputs, config and code)."""

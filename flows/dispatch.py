@@ -52,13 +52,17 @@ def run_stage_deployment(deployment: str, parameters: dict[str, Any], store_uri:
                          timeout: float | None = None) -> ArtifactRef:
     """Run ``flow-name/deployment-name`` on its pool, wait, and return the reference it committed.
 
-    The idempotency key is derived from the deployment and its parameters, so a retried parent
-    re-attaches to the child run instead of starting a second training job.
+    The idempotency key is derived from the parent flow run, the deployment and its parameters:
+    a retried parent re-attaches to its child run instead of starting a second training job, while
+    a new parent run (a rerun after a failure, or a forced stage) starts a new child.
     """
+    from prefect.context import FlowRunContext
     from prefect.deployments import run_deployment
 
     params = {**_jsonable(parameters), "store_uri": store_uri}
-    key = f"{deployment}:{short_hash(params, 24)}"
+    ctx = FlowRunContext.get()
+    parent = str(ctx.flow_run.id) if ctx and ctx.flow_run else "no-parent"
+    key = f"{deployment}:{parent}:{short_hash(params, 24)}"
     flow_run = run_deployment(name=deployment, parameters=params, timeout=timeout, idempotency_key=key,
                               poll_interval=2)
     state = flow_run.state

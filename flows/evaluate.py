@@ -12,7 +12,6 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 from deepperception.config import EvalStageConfig
-from deepperception.eval.groups import DEFAULT_ALL, DEFAULT_SEEN
 from deepperception.store import ArtifactRef
 from tasks.common import TASK_DEFAULTS, open_store, register_external_checkpoint, resolve_ref
 from tasks.engine import import_bench_task
@@ -47,18 +46,14 @@ def evaluate(
     force: bool = False,
 ) -> dict[str, str]:
     """Returns ``{bench ref: evaluation ref}``. Category lists default to what the bench's manifest
-    records (synthetic benches) or the official KVG-Bench lists."""
+    records (benches this pipeline built) or the official KVG-Bench lists."""
     cfg = config or EvalStageConfig()
     logger = get_run_logger()
     ckpt = resolve_checkpoint_task(checkpoint, store_uri)
-    store = open_store(store_uri)
     out: dict[str, str] = {}
     for b in benches:
         bench = resolve_bench_task(b, store_uri)
-        meta = store.manifest(bench).metadata
-        seen = seen_categories or meta.get("seen_categories") or list(DEFAULT_SEEN)
-        all_cats = all_categories or meta.get("all_categories") or list(DEFAULT_ALL)
-        ev = evaluate_task(cfg, label or ckpt.name, ckpt, bench, seen, all_cats, store_uri, force)
+        ev = evaluate_task(cfg, label or ckpt.name, ckpt, bench, seen_categories, all_categories, store_uri, force)
         logger.info("%s on %s -> %s", ckpt, bench, ev)
         out[str(bench)] = str(ev)
     return out

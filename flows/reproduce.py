@@ -80,11 +80,9 @@ def reproduce(
     grpo = _gpu_stage(stages.train_grpo, dispatch, config=cfg.grpo, checkpoint=sft, dataset=grpo_data,
                       store_uri=uri, force=f("grpo"), launch=cfg.launch)
 
-    seen, all_categories = cfg.categories()
-    evaluations = {
+    evaluations = {  # seen/unseen categories come from the bench's manifest
         label: _gpu_stage(stages.evaluate_checkpoint, dispatch, config=cfg.evaluation, label=label,
-                          checkpoint=ckpt, bench=bench, seen_categories=seen, all_categories=all_categories,
-                          store_uri=uri, force=f("evaluate"))
+                          checkpoint=ckpt, bench=bench, store_uri=uri, force=f("evaluate"))
         for label, ckpt in (("base", base), ("sft", sft), ("grpo", grpo))
     }
     header = {"profile": cfg.profile, "bench": str(bench), "train data": str(data["sft_dataset"]),

@@ -32,24 +32,17 @@ def checkpoint_dir(store: ArtifactStore, ref: ArtifactRef) -> Path:
     return store.materialize(ref)
 
 
-# Small files that identify an external checkpoint without hashing 15 GB of weights.
-IDENTITY_FILES = ("config.json", "generation_config.json", "preprocessor_config.json",
-                  "processor_config.json", "tokenizer_config.json", "model.safetensors.index.json")
-
-
 def register_external_checkpoint(store: ArtifactStore, path: str, name: str, stage: str,
                                  config: dict | None = None, force: bool = False) -> ArtifactRef:
-    """Record a checkpoint directory by reference (path + hashes of its identity files)."""
-    import hashlib
-
+    """Record a checkpoint directory by reference (path + identity of its files)."""
     from deepperception.errors import ConfigError
+    from deepperception.model.loading import checkpoint_fingerprint
     from deepperception.store.stage import run_stage
 
     ckpt = Path(path).expanduser().resolve()
     if not (ckpt / "config.json").is_file():
         raise ConfigError(f"checkpoint {path!r}: no config.json in {ckpt}")
-    identity = {f: hashlib.sha256((ckpt / f).read_bytes()).hexdigest()
-                for f in IDENTITY_FILES if (ckpt / f).is_file()}
+    identity = checkpoint_fingerprint(ckpt)
 
     def produce(w):
         w.write_json("external.json", {"path": str(ckpt), "sha256": identity})

@@ -129,8 +129,8 @@ def build_bench_task(
         # Which categories are seen (trained on) travels with the bench, so a later standalone
         # evaluation scores seen/unseen exactly as the reproduction did.
         split_of = dict(zip(comp.column("category").to_pylist(), comp.column("split").to_pylist()))
-        seen = sorted(c for c, s in split_of.items() if s == "seen")
-        unseen = sorted(c for c, s in split_of.items() if s != "seen")
+        seen = [c for c, s in split_of.items() if s == "seen"]  # first-appearance (= config) order
+        unseen = [c for c, s in split_of.items() if s != "seen"]
         return _commit_table(w, table, per_category=dict(Counter(table.column("category").to_pylist())),
                              seen_categories=seen, all_categories=seen + unseen)
 
@@ -215,11 +215,13 @@ def import_bench_task(path: str, store_uri: str | None = None) -> ArtifactRef:
     from deepperception.eval.io import read_bench
 
     store = open_store(store_uri)
-    data = open(path, "rb").read()
-    digest = hashlib.sha256(data).hexdigest()
-    table = read_bench(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            digest.update(chunk)
 
     def produce(w):
+        table = read_bench(path)  # schema-checked; only read when this version is new
         return _commit_table(w, table, source=path, per_category=dict(Counter(table.column("category").to_pylist())))
 
-    return run_stage(store, "bench", "import-bench", {"sha256": digest}, {}, produce)[0]
+    return run_stage(store, "bench", "import-bench", {"sha256": digest.hexdigest()}, {}, produce)[0]

@@ -42,17 +42,25 @@ def metrics_rows(metrics: dict, cis: dict | None = None) -> list[dict]:
 @task(name="evaluate-checkpoint", **TASK_DEFAULTS)
 def evaluate_task(
     config: EvalStageConfig, label: str, checkpoint: ArtifactRef, bench: ArtifactRef,
-    seen_categories: list[str], all_categories: list[str],
+    seen_categories: list[str] | None = None, all_categories: list[str] | None = None,
     store_uri: str | None = None, force: bool = False,
 ) -> ArtifactRef:
     """Generate answers for every bench question (resumable), score them with the official-parity
-    scorer plus strict scoring and bootstrap CIs, and commit outputs + predictions + metrics."""
+    scorer plus strict scoring and bootstrap CIs, and commit outputs + predictions + metrics.
+
+    Category lists default to the ones the bench's manifest records (benches we build), else to
+    the official KVG-Bench lists (an imported kvg-bench.parquet)."""
     from deepperception.eval.inference import run_inference
     from deepperception.eval.io import read_outputs
     from deepperception.eval.scoring import score
 
+    from deepperception.eval.groups import DEFAULT_ALL, DEFAULT_SEEN
+
     store = open_store(store_uri)
     logger = get_run_logger()
+    bench_meta = store.manifest(bench).metadata
+    seen_categories = list(seen_categories or bench_meta.get("seen_categories") or DEFAULT_SEEN)
+    all_categories = list(all_categories or bench_meta.get("all_categories") or DEFAULT_ALL)
     stage_cfg = {**config.model_dump(mode="json"), "label": label,
                  "seen_categories": seen_categories, "all_categories": all_categories}
 

@@ -96,7 +96,7 @@ def rl_filter_task(
             store.read_table(pool), checkpoint_dir(store, checkpoint), n_samples=config.n_samples,
             keep_min=config.keep_min, keep_max=config.keep_max, on_empty=config.on_empty,
             temperature=config.temperature, max_new_tokens=config.max_new_tokens, seed=config.seed,
-            batch_size=config.batch_size)
+            batch_size=config.batch_size, device=config.device)
         if stats.get("policy_applied") != "filter":
             logger.warning("rl-filter: no item had %d-%d of %d correct; policy %s kept all %d items",
                            config.keep_min, config.keep_max, config.n_samples, stats.get("policy_applied"),

@@ -30,7 +30,6 @@ raises :class:`~deepperception.errors.ConfigError` instead of mixing outputs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
 
 from deepperception.boxes import parse_gt_box
+from deepperception.model.loading import checkpoint_fingerprint
 from deepperception.errors import ConfigError, InputDataError
 from deepperception.prompts import PromptMode, user_text
 
@@ -47,7 +47,7 @@ RUN_JSON = "run.json"
 RUN_SCHEMA = "deepperception.inference/v1"
 BENCH_COLUMNS = ("question_id", "question", "image", "answer")
 # run.json keys that must match for a restart to reuse outputs.jsonl.
-IDENTITY_KEYS = ("checkpoint", "checkpoint_files_sha256", "decoding", "prompt_mode", "backend",
+IDENTITY_KEYS = ("checkpoint", "checkpoint_identity", "decoding", "prompt_mode", "backend",
                  "official_preresize", "dtype", "pixel_limits")
 
 
@@ -93,8 +93,9 @@ def normalize_rows(rows: Any, required: Sequence[str] = BENCH_COLUMNS, *, stage:
 # ---------------------------------------------------------------------------------------------
 # outputs.jsonl
 
-def read_outputs(path: Path, *, repair: bool = True) -> dict[str, dict]:
-    """Records in ``outputs.jsonl`` by question id.
+def load_records(path: Path, *, repair: bool = True) -> dict[str, dict]:
+    """Full generation records of a (possibly interrupted) run, by question id. (Scoring reads
+    only the decoded texts, with :func:`deepperception.eval.io.read_outputs`.)
 
     A last line without its newline (or that is not valid JSON) is the trace of a kill mid-write:
     it is dropped, and with ``repair`` the file is truncated to the last complete line. Corruption
@@ -115,6 +116,9 @@ def read_outputs(path: Path, *, repair: bool = True) -> dict[str, dict]:
                 keep -= len(line) + 1  # a complete-looking but broken last line
                 break
             raise InputDataError(f"corrupt line {n + 1}: {e}", stage="inference", artifact=str(path)) from e
+        if not isinstance(rec, dict) or "question_id" not in rec:
+            raise InputDataError(f"line {n + 1} has no question_id", stage="inference", artifact=str(path),
+                                 field="question_id")
         records[rec["question_id"]] = rec
     if repair and keep != len(data):
         with open(path, "r+b") as f:
@@ -148,18 +152,6 @@ def _write_json(path: Path, obj: Any) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # run.json
-
-def _sha256(p: Path) -> str:
-    return hashlib.sha256(p.read_bytes()).hexdigest()
-
-
-def checkpoint_fingerprint(ckpt_dir: Path) -> dict[str, str]:
-    """SHA-256 of the small files that decide outputs (config, generation and processor config,
-    tokenizer, chat template). Weights are not hashed (15 GB for the 7B model); their path is recorded."""
-    names = ["config.json", "generation_config.json", "preprocessor_config.json", "processor_config.json",
-             "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json"]
-    return {n: _sha256(ckpt_dir / n) for n in names if (ckpt_dir / n).is_file()}
-
 
 def _versions() -> dict[str, str]:
     import torch
@@ -199,11 +191,19 @@ def _record(row: dict, mode: str, gen, hw: list[int]) -> dict[str, Any]:
 
 
 def _length_key(row: dict) -> tuple[int, int]:
-    """Sort key that groups similar prompt lengths (image area dominates) to cut padding."""
-    from deepperception.images import decode_image
+    """Sort key that groups similar prompt lengths (image area dominates) to cut padding. Reads
+    only the image header; a bad image sorts first and fails, named, when it is decoded."""
+    import io
+
+    from PIL import Image
+
+    value = row["image"]
+    if isinstance(value, dict):
+        value = value.get("bytes") or value.get("path")
     try:
-        w, h = decode_image(row["image"], row=row["question_id"]).size
-    except InputDataError:
+        with Image.open(io.BytesIO(value) if isinstance(value, (bytes, bytearray)) else value) as im:
+            w, h = im.size
+    except Exception:  # noqa: BLE001 - any unreadable header: decode_image reports it later
         return (0, len(row["question"]))
     return (w * h, len(row["question"]))
 
@@ -226,12 +226,17 @@ def _prepare(rows: Sequence[dict], processor, mode: PromptMode, preresize: bool)
     return prompts, images, hws
 
 
-def build_vllm_requests(rows: Sequence[dict], processor, mode: PromptMode = "r1", *, preresize: bool = True) -> list[dict]:
+def vllm_requests(prompts: Sequence[str], images: Sequence[Any]) -> list[dict]:
     """vLLM offline multi-modal requests: ``{"prompt": <chat-templated text with one
     <|vision_start|><|image_pad|><|vision_end|>>, "multi_modal_data": {"image": PIL}}`` (vLLM
     expands the single image pad itself)."""
-    prompts, images, _ = _prepare(rows, processor, mode, preresize)
     return [{"prompt": p, "multi_modal_data": {"image": im}} for p, im in zip(prompts, images)]
+
+
+def build_vllm_requests(rows: Sequence[dict], processor, mode: PromptMode = "r1", *, preresize: bool = True) -> list[dict]:
+    """The vLLM requests :func:`run_inference` sends for ``rows`` (same preparation as the HF path)."""
+    prompts, images, _ = _prepare(rows, processor, mode, preresize)
+    return vllm_requests(prompts, images)
 
 
 def vllm_sampling_params_kwargs(spec) -> dict[str, Any]:
@@ -326,7 +331,7 @@ def run_inference(
     spec = decoding_from_generation_config(gen_cfg, max_new_tokens)
     dtype = dtype or ("float32" if device == "cpu" else "bfloat16")
     meta: dict[str, Any] = {
-        "schema": RUN_SCHEMA, "checkpoint": str(ckpt), "checkpoint_files_sha256": checkpoint_fingerprint(ckpt),
+        "schema": RUN_SCHEMA, "checkpoint": str(ckpt), "checkpoint_identity": checkpoint_fingerprint(ckpt),
         "model_type": model_type(ckpt), "pixel_limits": read_pixel_limits(ckpt), "generation_config": gen_cfg,
         "decoding": spec.to_dict(), "prompt_mode": prompt_mode, "backend": backend, "batch_size": batch_size,
         "official_preresize": official_preresize, "dtype": dtype, "device": device,
@@ -334,7 +339,7 @@ def run_inference(
     }
     _check_resume(out, meta)
     outputs = out / OUTPUTS
-    done = read_outputs(outputs)
+    done = load_records(outputs)
     bench_ids = {r["question_id"] for r in rows}
     stray = sorted(set(done) - bench_ids)
     if stray:
@@ -357,8 +362,7 @@ def run_inference(
             generate = lambda prompts, images: generate_batch(model, processor, prompts, images, spec)  # noqa: E731
         else:
             vgen = _VllmGenerator(ckpt, spec, vllm_max_model_len, vllm_gpu_memory_utilization)
-            generate = lambda prompts, images: vgen([{"prompt": p, "multi_modal_data": {"image": im}}  # noqa: E731
-                                                     for p, im in zip(prompts, images)])
+            generate = lambda prompts, images: vgen(vllm_requests(prompts, images))  # noqa: E731
         for b, batch in enumerate(_batches(pending, batch_size)):
             if max_batches is not None and b >= max_batches:
                 break

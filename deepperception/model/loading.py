@@ -13,6 +13,7 @@ Why one module: two traps bite anyone who loads these checkpoints ad hoc.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -189,3 +190,22 @@ def ensure_video_entry(out: Path, size: dict[str, int]) -> None:
         "merge_size": 2, "size": size,
     })
     p.write_text(json.dumps(data, indent=2) + "\n")
+
+
+# Small files that decide a checkpoint's outputs besides its weights.
+IDENTITY_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", "processor_config.json",
+                  "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json",
+                  "model.safetensors.index.json", "pytorch_model.bin.index.json")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+def checkpoint_fingerprint(ckpt_dir: str | Path) -> dict[str, str]:
+    """What identifies a checkpoint directory without hashing 15 GB of weights: the SHA-256 of
+    every small file that decides outputs, and each weight file's size and modification time
+    (an in-place overwrite changes it; a copy elsewhere also changes the recorded path)."""
+    d = Path(ckpt_dir)
+    out = {n: hashlib.sha256((d / n).read_bytes()).hexdigest() for n in IDENTITY_FILES if (d / n).is_file()}
+    for w in sorted(p for p in d.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES):
+        st = w.stat()
+        out[w.name] = f"size={st.st_size};mtime_ns={st.st_mtime_ns}"
+    return out

@@ -5,7 +5,7 @@ template, M-RoPE, vision tower, TRL trainers) without a 16 GB download. The chec
 has the same file layout and the same ``model_type`` as Qwen2-VL-7B-Instruct, so every loader,
 trainer and evaluator works unchanged on both.
 
-Recipe: ``/work/shared/notes/stack-notes.md`` §2 (byte-level BPE with Qwen2's pre-tokenizer,
+Recipe: the team's stack notes §2 (byte-level BPE with Qwen2's pre-tokenizer,
 ``Qwen2Tokenizer``, TRL's verbatim Qwen-VL chat template, ``Qwen2VLConfig`` with
 ``rope_parameters.mrope_section``).
 """

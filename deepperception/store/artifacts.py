@@ -28,7 +28,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from deepperception.errors import ArtifactError
+from deepperception.errors import AlreadyCommittedError, ArtifactError
 from deepperception.store.settings import StoreSettings
 from deepperception.version import canonical_json, code_version, git_sha, short_hash
 
@@ -278,7 +278,7 @@ class ArtifactStore:
             except self._s3.exceptions.ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code", "")
                 if code in ("PreconditionFailed", "412"):
-                    raise ArtifactError(f"artifact {name}@{version} is already committed") from exc
+                    raise AlreadyCommittedError(f"artifact {name}@{version} is already committed") from exc
                 raise
             return
         final = Path(path)
@@ -287,7 +287,7 @@ class ArtifactStore:
         try:
             os.link(tmp, final)  # atomic and fails if the version was committed meanwhile
         except FileExistsError as exc:
-            raise ArtifactError(f"artifact {name}@{version} is already committed") from exc
+            raise AlreadyCommittedError(f"artifact {name}@{version} is already committed") from exc
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -360,13 +360,18 @@ class VersionWriter:
 
     def __enter__(self) -> "VersionWriter":
         if self.exists:
-            raise ArtifactError(f"artifact {self.ref} is already committed; read it instead of rewriting")
+            raise AlreadyCommittedError(f"artifact {self.ref} is already committed; read it instead of rewriting")
         # Left-overs of a crashed earlier attempt (no manifest) are not a version: clear them.
         self.store._delete_dir(self.name, self.version)
         self.store.fs.create_dir(self.dir, recursive=True)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        # Lost a commit race: the directory now holds the winner's committed version; keep it.
+        # (Two runs computing the same version at once is otherwise unsupported: they share paths.
+        # The pipeline avoids it by running each stage once per flow run.)
+        if exc_type is not None and issubclass(exc_type, AlreadyCommittedError):
+            return
         if exc_type is not None or not self._committed:
             self.store._delete_dir(self.name, self.version)
 

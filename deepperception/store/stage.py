@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
-from deepperception.errors import InputDataError
+from deepperception.errors import AlreadyCommittedError, InputDataError
 from deepperception.store.artifacts import ArtifactRef, ArtifactStore, VersionWriter
 
 log = logging.getLogger(__name__)
@@ -36,20 +36,29 @@ def run_stage(
     if writer.exists:
         log.info("stage %s: reusing %s (identical inputs, config and code)", stage, writer.ref)
         return writer.ref, True
-    with writer:
-        try:
-            metadata = produce(writer)
-        except InputDataError as exc:
-            # Name the stage, and the input artifact when there is only one candidate.
-            if exc.stage is None or (exc.artifact is None and len(upstream) == 1):
-                raise InputDataError(
-                    exc.message,
-                    stage=exc.stage or stage,
-                    artifact=exc.artifact or (str(next(iter(upstream.values()))) if len(upstream) == 1 else None),
-                    row=exc.row,
-                    field=exc.field,
-                ) from exc
-            raise
-        ref = writer.commit(metadata)
+    try:
+        with writer:
+            ref = _produce_and_commit(writer, stage, upstream, produce)
+    except AlreadyCommittedError:
+        log.info("stage %s: %s was committed by a concurrent run; using it", stage, writer.ref)
+        return writer.ref, True
     log.info("stage %s: committed %s", stage, ref)
     return ref, False
+
+
+def _produce_and_commit(writer: VersionWriter, stage: str, upstream: dict[str, ArtifactRef],
+                        produce: Callable[[VersionWriter], dict[str, Any] | None]) -> ArtifactRef:
+    try:
+        metadata = produce(writer)
+    except InputDataError as exc:
+        # Name the stage, and the input artifact when there is only one candidate.
+        if exc.stage is None or (exc.artifact is None and len(upstream) == 1):
+            raise InputDataError(
+                exc.message,
+                stage=exc.stage or stage,
+                artifact=exc.artifact or (str(next(iter(upstream.values()))) if len(upstream) == 1 else None),
+                row=exc.row,
+                field=exc.field,
+            ) from exc
+        raise
+    return writer.commit(metadata)

@@ -73,7 +73,7 @@ class GRPOStageConfig(BaseModel):
     image_min_pixels: int | None = Field(3136, description="Processor min_pixels (official 3136).")
     image_max_pixels: int | None = Field(401408, description="Processor max_pixels (official 401408). None: keep.")
     lr_scheduler_type: str = Field("linear", description="HF default linear decay (official: not set).")
-    warmup_ratio: float = Field(0.0, ge=0, le=1, description="Official 0.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Official 0.")
     weight_decay: float = Field(0.0, ge=0, description="Official 0.")
     deepspeed: str | None = Field(None, description="DeepSpeed JSON (paper: infra/deepspeed/zero3.json). GPU only.")
     seed: int = Field(42, description="Trainer seed: data order and rollout sampling.")

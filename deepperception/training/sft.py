@@ -43,7 +43,7 @@ class SFTStageConfig(BaseModel):
     per_device_train_batch_size: int = Field(2, ge=1, description="Per device (official 2 x 8 GPUs).")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Official 1.")
     lr_scheduler_type: str = Field("cosine", description="Official cosine.")
-    warmup_ratio: float = Field(0.1, ge=0, le=1, description="Fraction of steps spent warming up (official 0.1).")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of steps spent warming up (official 0.1).")
     weight_decay: float = Field(0.0, ge=0, description="LLaMA-Factory default 0.")
     bf16: bool = Field(True, description="bf16 mixed precision (official true). False on CPU for determinism.")
     use_cpu: bool = Field(False, description="Force CPU training (CI/demo).")

@@ -110,9 +110,7 @@ def test_pandas_bench_equals_arrow_bench(bench):
 def test_golden_rollouts_as_a_bench():
     from pathlib import Path
 
-    src = Path("/work/shared/notes/kvg_samples.json")
-    if not src.is_file():
-        src = Path(__file__).with_name("kvg_samples.json")
+    src = Path(__file__).resolve().parents[1] / "data" / "kvg_samples.json"
     recs = json.loads(src.read_text())["records"]
     import pyarrow as pa
 

@@ -9,34 +9,23 @@ import numpy as np
 import pytest
 
 import official_reference as ref
-from deepperception.boxes import box_iou, box_iou_many, parse_gt_box
+from deepperception.boxes import box_iou_many, parse_gt_box
 from deepperception.eval.parsing import (
-    GRPO_FORMAT_RE,
     grpo_bbox,
-    grpo_first_answer,
     is_inside_answer,
     official_bbox,
     official_parse,
 )
 
-SAMPLES = Path("/work/shared/notes/kvg_samples.json")
-if not SAMPLES.is_file():  # the lead may vendor the file next to the tests
-    SAMPLES = Path(__file__).with_name("kvg_samples.json")
-RECORDS = json.loads(SAMPLES.read_text())["records"] if SAMPLES.is_file() else []
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "kvg_samples.json"  # see tests/data/README.md
+RECORDS = json.loads(SAMPLES.read_text())["records"]
 
 
 def released_grpo_rewards(completion: str, solution: str) -> tuple[float, float]:
-    """iou_reward and format_reward of MaxyLee/R1-V @ a84b874, built from our parser pieces."""
-    gt, _ = grpo_bbox(solution)
-    answer = grpo_first_answer(completion)
-    iou_r = 0.0
-    if answer is not None:
-        pred, _ = grpo_bbox(answer)
-        iou = box_iou(gt, pred)
-        iou_r = iou if iou > 0.8 else 0.0
-    think = 0.5 if GRPO_FORMAT_RE.match(completion) else 0.0
-    box = 0.5 if answer is not None and grpo_bbox(answer)[1] == 1 else 0.0  # dead in the release
-    return iou_r, think + box
+    """iou_reward and format_reward of MaxyLee/R1-V @ a84b874, as our rewards module computes them."""
+    from deepperception.training.rewards import format_score, iou_score
+
+    return iou_score(completion, solution), format_score(completion, "released")
 
 
 def test_golden_file_present():

@@ -114,15 +114,18 @@ def test_resume_refuses_a_different_run(reference_run, tiny_ckpt, bench):
         run_inference(bench.slice(0, 5), tiny_ckpt, reference_run.parent, max_new_tokens=MAX_NEW)
 
 
-def test_read_outputs_repairs_only_the_tail(tmp_path):
-    from deepperception.eval.inference import read_outputs
+def test_load_records_repairs_only_the_tail(tmp_path):
+    from deepperception.eval.inference import load_records
     p = tmp_path / "outputs.jsonl"
     p.write_text('{"question_id": "a"}\n{"question_id": "b"}\n{"questio')
-    assert list(read_outputs(p)) == ["a", "b"]
+    assert list(load_records(p)) == ["a", "b"]
     assert p.read_text() == '{"question_id": "a"}\n{"question_id": "b"}\n'
     p.write_text('{"question_id": "a"}\n{broken\n{"question_id": "b"}\n')
     with pytest.raises(InputDataError, match="corrupt line 2"):
-        read_outputs(p)
+        load_records(p)
+    p.write_text('{"question_id": "a"}\n{"answer": "x"}\n')
+    with pytest.raises(InputDataError, match="line 2 has no question_id"):
+        load_records(p)
 
 
 def test_bad_rows_are_named(tiny_ckpt, tmp_path):

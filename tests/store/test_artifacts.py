@@ -123,3 +123,31 @@ def test_bad_refs_and_uris():
         ArtifactRef.parse("noversion")
     with pytest.raises(ValueError, match="3 characters"):
         StoreSettings(uri="s3://ab/x").bucket_and_prefix
+
+
+def test_losing_a_commit_race_keeps_the_winner(store):
+    """Two runs of the same version: the second commit is refused and must not delete the first."""
+    first = store.plan("t", "s", {"k": 1}, {})
+    second = store.plan("t", "s", {"k": 1}, {})
+    with first:
+        first.write_table(_table(), "data")
+        second.__enter__()  # started before the first committed
+        ref = first.commit()
+    second.write_table(_table(), "data")
+    with pytest.raises(ArtifactError, match="already committed"):
+        with second:
+            second.commit()
+    assert store.read_table(ref).num_rows == 3
+
+
+def test_run_stage_treats_a_concurrent_commit_as_reuse(store):
+    def produce(w):
+        # Another run commits the same version while this one is producing.
+        with store.plan("t", "s", {"k": 1}, {}) as other:
+            other.write_table(_table(), "data")
+            other.commit()
+        w.write_table(_table(), "data")
+        return {}
+
+    ref, reused = run_stage(store, "t", "s", {"k": 1}, {}, produce)
+    assert reused and store.read_table(ref).num_rows == 3
