@@ -161,6 +161,14 @@ class ReproductionConfig(_Strict):
         description="How training processes start (in process on CPU; accelerate + ZeRO-3 on GPU workers). "
         "Not part of any artifact version: it changes where training runs, not what it computes.")
 
+    @model_validator(mode="after")
+    def _check_launch(self) -> "ReproductionConfig":
+        # GRPO's batch-divisibility check needs the real number of processes.
+        if self.launch.kind == "accelerate" and self.grpo.world_size != self.launch.num_processes:
+            raise ValueError(f"grpo.world_size ({self.grpo.world_size}) must equal launch.num_processes "
+                             f"({self.launch.num_processes})")
+        return self
+
 
 def profile(name: ProfileName) -> ReproductionConfig:
     """Build a named profile."""

@@ -63,7 +63,7 @@ def _ci_text(s: EvalSummary, group: str) -> str:
     ci = s.cis.get(group)
     if not ci:
         return ""
-    lo, hi = ci.get("low", ci.get("lo")), ci.get("high", ci.get("hi"))
+    lo, hi = ci.get("lo"), ci.get("hi")
     return f" [{_pct(lo)}, {_pct(hi)}]" if lo is not None and hi is not None else ""
 
 

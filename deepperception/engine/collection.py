@@ -107,24 +107,30 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+def _class_dirs(root: str | Path, stage: str) -> list[Path]:
+    """The ``root/<entity name>/`` directories of an ImageFolder dataset, sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputDataError(f"image folder {root} does not exist or is not a directory", stage=stage, field="root")
+    dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not dirs:
+        raise InputDataError(f"image folder {root} has no <entity name>/ sub-directories", stage=stage, field="root")
+    return dirs
+
+
+def _folder_entity(d: Path, category: str, split: str, underscores_as_spaces: bool) -> Entity:
+    return Entity(entity_id=f"{category}/{_slug(d.name)}", category=category,
+                  name=d.name.replace("_", " ") if underscores_as_spaces else d.name,
+                  split=split, knowledge_card="", attributes={})
+
+
 def folder_entities(
     root: str | Path, category: str, split: Literal["seen", "unseen"], *, underscores_as_spaces: bool = True
 ) -> list[Entity]:
     """The entities of an ImageFolder dataset: one per ``root/<entity name>/`` directory, with the
     same ids :func:`collect_from_image_folder` gives its images. Real datasets carry no knowledge
     cards, so ``knowledge_card`` is empty."""
-    root = Path(root)
-    if not root.is_dir():
-        raise InputDataError(f"image folder {root} does not exist", stage="mine", field="root")
-    dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not dirs:
-        raise InputDataError(f"image folder {root} has no <entity name>/ sub-directories", stage="mine", field="root")
-    return [
-        Entity(entity_id=f"{category}/{_slug(d.name)}", category=category,
-               name=d.name.replace("_", " ") if underscores_as_spaces else d.name,
-               split=split, knowledge_card="", attributes={})
-        for d in dirs
-    ]
+    return [_folder_entity(d, category, split, underscores_as_spaces) for d in _class_dirs(root, "mine")]
 
 
 def collect_from_image_folder(
@@ -147,15 +153,10 @@ def collect_from_image_folder(
     that does not decode raises ``InputDataError`` naming it.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise InputDataError(f"image folder {root} does not exist or is not a directory", stage="collect", field="root")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise InputDataError(f"image folder {root} has no <entity name>/ sub-directories", stage="collect", field="root")
     rows: dict[str, list] = {n: [] for n in IMAGES_SCHEMA.names}
-    for class_dir in class_dirs:
-        name = class_dir.name.replace("_", " ") if underscores_as_spaces else class_dir.name
-        entity_id = f"{category}/{_slug(class_dir.name)}"
+    for class_dir in _class_dirs(root, "collect"):
+        entity = _folder_entity(class_dir, category, split, underscores_as_spaces)
+        name, entity_id = entity.name, entity.entity_id
         files = sorted(p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         if max_images_per_entity is not None:
             files = files[:max_images_per_entity]

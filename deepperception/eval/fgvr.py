@@ -46,7 +46,6 @@ Output directory of one FGVR scoring (:func:`write_fgvr_report`): ``metrics.json
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import string
@@ -385,11 +384,11 @@ def write_fgvr_report(result: FgvrResult, out_dir: str | os.PathLike[str]) -> Pa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pred = result.predictions.astype({"choice": "string"})
-    pq.write_table(pa.Table.from_pandas(pred, preserve_index=False), out / PREDICTIONS_FILE)
+    from deepperception.fileio import atomic_write_json, atomic_write_parquet
+
+    atomic_write_parquet(out / PREDICTIONS_FILE, pa.Table.from_pandas(pred, preserve_index=False))
     path = out / METRICS_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(fgvr_metrics_json(result), indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, fgvr_metrics_json(result))
     return path
 
 

@@ -38,6 +38,7 @@ from typing import Any, Iterator, Literal, Sequence
 
 from deepperception.boxes import parse_gt_box
 from deepperception.model.loading import checkpoint_fingerprint
+from deepperception.fileio import atomic_write, atomic_write_json
 from deepperception.errors import ConfigError, InputDataError
 from deepperception.prompts import PromptMode, user_text
 
@@ -65,15 +66,13 @@ def normalize_rows(rows: Any, required: Sequence[str] = BENCH_COLUMNS, *, stage:
     ...
     deepperception.errors.InputDataError: [stage=inference row=0 field=question] missing column
     """
-    try:
-        import pyarrow as pa
-        if isinstance(rows, pa.Table):
-            missing = [c for c in required if c not in rows.column_names]
-            if missing:
-                raise InputDataError(f"table lacks columns {missing}", stage=stage, field=missing[0])
-            rows = rows.to_pylist()
-    except ImportError:  # pragma: no cover
-        pass
+    import pyarrow as pa
+
+    from deepperception.tables import require_columns
+
+    if isinstance(rows, pa.Table):
+        require_columns(rows, required, stage=stage)
+        rows = rows.to_pylist()
     out: list[dict] = []
     seen: set[str] = set()
     for i, r in enumerate(rows):
@@ -137,17 +136,8 @@ def append_records(path: Path, records: Sequence[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _write_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+    atomic_write_json(path, obj, sort_keys=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,7 +369,7 @@ def run_inference(
     if complete:
         # Canonical form: bench order, rewritten atomically (a kill here leaves the old file intact).
         payload = "".join(json.dumps(done[r["question_id"]], ensure_ascii=False) + "\n" for r in rows)
-        _atomic_write(outputs, payload.encode("utf-8"))
+        atomic_write(outputs, payload)
     elif not outputs.exists():
         outputs.touch()
     meta.update(status="complete" if complete else "partial", n_outputs=len(done),

@@ -31,6 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from deepperception.fileio import atomic_write, atomic_write_parquet
 from deepperception.errors import InputDataError
 from deepperception.eval.scoring import BENCH_COLUMNS, ScoreResult
 
@@ -127,25 +128,17 @@ def write_outputs(path: str | os.PathLike[str], outputs: dict[str, str]) -> None
             f.write(json.dumps({"question_id": qid, "answer": text}, ensure_ascii=False) + "\n")
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_report(result: ScoreResult, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """Write the run directory described in the module docstring; returns the file paths."""
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)
     paths = {name: d / name for name in (METRICS_FILE, PREDICTIONS_FILE, STRICT_FILE, CIS_FILE, REPORT_FILE)}
     # evaluate.py: `json.dump(all_metrics, f)`; json.dumps gives the identical string.
-    _atomic_write_text(paths[METRICS_FILE], json.dumps(result.metrics))
-    tmp = paths[PREDICTIONS_FILE].with_name(PREDICTIONS_FILE + ".tmp")
-    pq.write_table(pa.Table.from_pandas(result.predictions, preserve_index=False), tmp)
-    os.replace(tmp, paths[PREDICTIONS_FILE])
-    _atomic_write_text(paths[STRICT_FILE], json.dumps(result.strict, indent=2))
-    _atomic_write_text(paths[CIS_FILE], json.dumps(result.cis, indent=2))
-    _atomic_write_text(paths[REPORT_FILE], json.dumps(result.summary(), indent=2))
+    atomic_write(paths[METRICS_FILE], json.dumps(result.metrics))
+    atomic_write_parquet(paths[PREDICTIONS_FILE], pa.Table.from_pandas(result.predictions, preserve_index=False))
+    atomic_write(paths[STRICT_FILE], json.dumps(result.strict, indent=2))
+    atomic_write(paths[CIS_FILE], json.dumps(result.cis, indent=2))
+    atomic_write(paths[REPORT_FILE], json.dumps(result.summary(), indent=2))
     return paths
 
 

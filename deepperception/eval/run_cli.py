@@ -6,7 +6,6 @@ Kept apart from ``cli.py`` (scoring only) so that scoring never imports torch/tr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -55,6 +54,3 @@ def run_cmd(
     typer.echo(format_score_table(result))
     typer.echo(f"wrote {outputs_path} and {out}/metrics.json (official format)")
 
-
-def register(_: Optional[object] = None) -> None:
-    """Importing this module registers ``run`` on ``eval_app``; nothing else to do."""

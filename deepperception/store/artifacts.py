@@ -92,9 +92,6 @@ class Manifest(BaseModel):
                 return f
         raise ArtifactError(f"artifact {self.name}@{self.version} has no file {path!r}")
 
-    def tables(self) -> list[str]:
-        return [f.path[: -len(".parquet")] for f in self.files if f.rows is not None]
-
 
 def version_id(name: str, stage: str, config_hash: str, code: str, upstream: dict[str, str], salt: str = "") -> str:
     """Deterministic version id of a stage output.

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,10 +50,9 @@ def loss_metrics(log_history: list[dict], key: str = "loss") -> dict[str, Any]:
 
 
 def write_stage_json(out_dir: Path, name: str, payload: dict[str, Any]) -> None:
-    p = out_dir / name
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, p)
+    from deepperception.fileio import atomic_write_json
+
+    atomic_write_json(out_dir / name, payload, sort_keys=True)
 
 
 class Timer:
@@ -73,3 +70,30 @@ def remove_if_empty(d: Path) -> None:
         d.rmdir()
     except OSError:
         pass
+
+
+# Relative, so configs (and the artifact versions hashed from them) do not depend on where the
+# repository is checked out; resolved against the working directory, then the repository root.
+DEFAULT_ZERO3 = "infra/deepspeed/zero3.json"
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def resolve_deepspeed(path: str | None) -> str | None:
+    """Absolute path of a DeepSpeed config named in a stage config (None stays None)."""
+    if path is None:
+        return None
+    p = Path(path)
+    for candidate in (p, Path.cwd() / p, _REPO_ROOT / p):
+        if candidate.is_file():
+            return str(candidate.resolve())
+    raise ConfigError(f"DeepSpeed config {path!r} not found (relative paths resolve against the working "
+                      f"directory and {_REPO_ROOT})")
+
+
+def train_dtype(bf16: bool, use_cpu: bool) -> str:
+    """bf16 on accelerators when asked; float32 on the CPU (reproducible, and fast enough for tiny models).
+
+    >>> train_dtype(True, use_cpu=True), train_dtype(True, use_cpu=False)
+    ('float32', 'bfloat16')
+    """
+    return "bfloat16" if bf16 and not use_cpu else "float32"

@@ -36,12 +36,12 @@ from deepperception.prompts import grounding_messages
 from deepperception.images import decode_image
 from deepperception.tables import require_columns
 from deepperception.training.common import (
+    DEFAULT_ZERO3, resolve_deepspeed, train_dtype,
     Timer, TrainResult, remove_if_empty, loss_metrics, write_stage_json,
 )
 from deepperception.training.rewards import FormatMode, RewardConfig, make_reward_funcs
 
 GRPO_COLUMNS = ("question_id", "image", "problem", "solution")
-DEFAULT_ZERO3 = str(Path(__file__).resolve().parents[2] / "infra" / "deepspeed" / "zero3.json")
 
 
 class GRPOStageConfig(BaseModel):
@@ -162,11 +162,11 @@ def train_grpo(rows, ckpt_dir: str | Path, out_dir: str | Path, cfg: GRPOStageCo
         top_p=cfg.top_p, beta=cfg.beta, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards,
         use_vllm=cfg.use_vllm, bf16=cfg.bf16, fp16=False, use_cpu=cfg.use_cpu,
         activation_checkpointing=cfg.activation_checkpointing, lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay, deepspeed=cfg.deepspeed, seed=cfg.seed,
+        warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay, deepspeed=resolve_deepspeed(cfg.deepspeed), seed=cfg.seed,
         data_seed=cfg.seed, logging_steps=cfg.logging_steps, report_to=cfg.report_to, save_strategy="no",
         dataloader_num_workers=0, disable_tqdm=True,
     )
-    dtype = "bfloat16" if cfg.bf16 and not cfg.use_cpu else "float32"
+    dtype = train_dtype(cfg.bf16, cfg.use_cpu)
     model = load_model(ckpt_dir, device="cpu", dtype=dtype)
     model.train()
     trainer = GRPOTrainer(model=model, reward_funcs=make_reward_funcs(cfg.reward), args=args, train_dataset=ds,

@@ -25,11 +25,11 @@ from deepperception.errors import ConfigError, InputDataError
 from deepperception.images import decode_image
 from deepperception.tables import require_columns
 from deepperception.training.common import (
+    DEFAULT_ZERO3, resolve_deepspeed, train_dtype,
     Timer, TrainResult, remove_if_empty, freeze_vision, loss_metrics, write_stage_json,
 )
 
 SFT_COLUMNS = ("question_id", "messages", "images")
-DEFAULT_ZERO3 = str(Path(__file__).resolve().parents[2] / "infra" / "deepspeed" / "zero3.json")
 
 
 class SFTStageConfig(BaseModel):
@@ -130,11 +130,11 @@ def train_sft(rows, base_ckpt_dir: str | Path, out_dir: str | Path, cfg: SFTStag
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, lr_scheduler_type=cfg.lr_scheduler_type,
         warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay, bf16=cfg.bf16, fp16=False,
         use_cpu=cfg.use_cpu, activation_checkpointing=cfg.activation_checkpointing, max_length=cfg.max_length,
-        assistant_only_loss=cfg.assistant_only_loss, deepspeed=cfg.deepspeed, seed=cfg.seed, data_seed=cfg.seed,
+        assistant_only_loss=cfg.assistant_only_loss, deepspeed=resolve_deepspeed(cfg.deepspeed), seed=cfg.seed, data_seed=cfg.seed,
         logging_steps=cfg.logging_steps, dataloader_num_workers=cfg.dataloader_num_workers, report_to=cfg.report_to,
         save_strategy="no", disable_tqdm=True,
     )
-    dtype = "bfloat16" if cfg.bf16 and not cfg.use_cpu else "float32"
+    dtype = train_dtype(cfg.bf16, cfg.use_cpu)
     model = load_model(base_ckpt_dir, device="cpu", dtype=dtype)
     model.train()
     counts = freeze_vision(model, vision_tower=cfg.freeze_vision_tower, projector=cfg.freeze_projector)

@@ -74,7 +74,9 @@ def test_grpo_config_validation_names_fields():
     p = GRPOStageConfig.profile("paper")
     assert (p.learning_rate, p.num_generations, p.max_completion_length, p.beta, p.image_max_pixels) == (
         1e-6, 4, 512, 0.04, 401408)
-    assert p.deepspeed and json.load(open(p.deepspeed))["zero_optimization"]["stage"] == 3
+    from deepperception.training.common import resolve_deepspeed
+
+    assert p.deepspeed and json.load(open(resolve_deepspeed(p.deepspeed)))["zero_optimization"]["stage"] == 3
     with pytest.raises(ConfigError):
         GRPOStageConfig.profile("nope")  # type: ignore[arg-type]
 
