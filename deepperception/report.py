@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-OVERALL_GROUPS = ("all", "seen domain", "unseen domain")
+from deepperception.eval.groups import DOMAIN_GROUPS as OVERALL_GROUPS  # all, seen domain, unseen domain
 
 
 class EvalSummary(BaseModel):

@@ -8,6 +8,19 @@ import pyarrow as pa
 
 from deepperception.errors import InputDataError
 
+# How images are stored in bench/GRPO tables: the HF-datasets struct the official code indexes
+# as ``image["bytes"]`` (not an HF ``Image`` feature).
+IMAGE_STRUCT = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
+
+# The official KVG-Bench parquet schema (official-code.md §3).
+BENCH_SCHEMA = pa.schema([
+    pa.field("question_id", pa.string()),
+    pa.field("question", pa.string()),
+    pa.field("image", IMAGE_STRUCT),
+    pa.field("answer", pa.string()),
+    pa.field("category", pa.string()),
+])
+
 
 def require_columns(
     table: pa.Table, columns: Sequence[str], *, stage: str, artifact: str | None = None, allow_empty: bool = True

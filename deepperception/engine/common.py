@@ -20,7 +20,7 @@ from deepperception.tables import require_columns  # noqa: F401
 
 BOX_INT = pa.list_(pa.int32(), 4)
 BOX_FLOAT = pa.list_(pa.float32(), 4)
-IMAGE_STRUCT = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
+from deepperception.tables import IMAGE_STRUCT  # noqa: E402,F401
 
 
 def encode_png(img: Image.Image) -> bytes:

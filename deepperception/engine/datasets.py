@@ -37,15 +37,7 @@ GRPO_SCHEMA = pa.schema(
         pa.field("solution", pa.string(), nullable=False),
     ]
 )
-BENCH_SCHEMA = pa.schema(
-    [
-        pa.field("question_id", pa.string()),
-        pa.field("question", pa.string()),
-        pa.field("image", IMAGE_STRUCT),
-        pa.field("answer", pa.string()),
-        pa.field("category", pa.string()),
-    ]
-)
+from deepperception.tables import BENCH_SCHEMA  # noqa: E402  (the official KVG-Bench schema)
 
 
 def grpo_solution(entity: str, box: tuple[int, int, int, int] | list[int]) -> str:

@@ -61,7 +61,9 @@ import pyarrow.parquet as pq
 
 from deepperception.errors import InputDataError
 from deepperception.eval.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, group_cis
+from deepperception.eval.parsing import ANSWER_BLOCK_RE as _ANSWER_RE
 from deepperception.prompts import CLASSIFICATION_TEMPLATE, user_text
+from deepperception.tables import IMAGE_STRUCT
 
 __all__ = ["CLASSIFICATION_TEMPLATE", "FGVR_BENCH_SCHEMA", "LETTERS", "HOWS", "build_question", "fgvr_prompt",
            "format_options", "parse_choice", "official_choice", "check_fgvr_items", "score_fgvr",
@@ -75,7 +77,7 @@ FGVR_BENCH_SCHEMA = pa.schema([
     pa.field("question_id", pa.string()),
     pa.field("question", pa.string()),
     pa.field("options", pa.list_(pa.string())),
-    pa.field("image", pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])),
+    pa.field("image", IMAGE_STRUCT),
     pa.field("answer", pa.string()),
     pa.field("category", pa.string()),
 ])
@@ -84,7 +86,6 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.parquet"
 METRICS_SCHEMA = "deepperception.fgvr-metrics/v1"
 
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _OFFICIAL_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>")  # evaluate.py ANSWER_PATTERN (single line)
 _LETTER_RE = re.compile(r"^(?:(?:the\s+)?(?:answer|option|choice)\s*(?:is)?\s*[:：]?\s*)?[(\[]?([A-Za-z])(?:[)\].:：,]|\s|$)",
                         re.IGNORECASE)

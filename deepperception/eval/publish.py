@@ -25,7 +25,9 @@ def bar_chart_png(metrics: dict[str, Any], cis: dict[str, Any] | None = None, ti
         else:
             lo.append(0.0)
             hi.append(0.0)
-    colors = ["#444444" if g in ("all", "seen domain", "unseen domain") else "#4C78A8" for g in groups]
+    from deepperception.eval.groups import DOMAIN_GROUPS
+
+    colors = ["#444444" if g in DOMAIN_GROUPS else "#4C78A8" for g in groups]
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(groups) + 2), 3.6), dpi=100)
     ax.bar(range(len(groups)), acc, yerr=[lo, hi], color=colors, capsize=3)
     ax.set_xticks(range(len(groups)), groups, rotation=40, ha="right")

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import pyarrow as pa
 
+from deepperception.prompts import grounding_question
 from deepperception.boxes import grounding_answer
 from deepperception.eval.groups import DEFAULT_ALL
 
@@ -23,13 +24,7 @@ OFFICIAL_CATEGORY_SIZES: dict[str, int] = dict(
     zip(DEFAULT_ALL, (152, 104, 145, 251, 140, 125, 135, 112, 89, 83))
 )
 
-BENCH_SCHEMA = pa.schema([
-    ("question_id", pa.string()),
-    ("question", pa.string()),
-    ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
-    ("answer", pa.string()),
-    ("category", pa.string()),
-])
+from deepperception.tables import BENCH_SCHEMA  # noqa: E402
 
 
 def _tiny_png() -> bytes:
@@ -60,7 +55,7 @@ def make_bench(
             entity = f"{cat.title()} entity {i % 37}"
             rows.append({
                 "question_id": f"{cat}/{i:05d}",
-                "question": f"Find and give the bounding box of <|object_ref_start|>{entity}<|object_ref_end|>",
+                "question": grounding_question(entity),
                 "image": {"bytes": png, "path": f"{cat}/{i:05d}.png"},
                 "answer": grounding_answer(entity, (x1, y1, x2, y2)),
                 "category": cat,

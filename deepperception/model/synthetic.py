@@ -69,7 +69,7 @@ def synthetic_grpo_rows(n: int = 4, seed: int = 1):
     import pyarrow as pa
     b = synthetic_bench(n, seed).to_pylist()
     return pa.Table.from_pylist([{"question_id": r["question_id"], "image": r["image"], "problem": r["question"],
-                                  "solution": f"<answer> {r['answer']} </answer>"} for r in b])
+                                  "solution": f"<answer> {r['answer']} </answer>"} for r in b])  # grpo_solution's form
 
 
 def synthetic_sft_rows(n: int = 8, seed: int = 2):

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
+from deepperception.prompts import COT_SUFFIX, GROUNDING_QUESTION, R1_SUFFIX
 from deepperception.errors import ConfigError
 
 # Qwen2's special tokens, in Qwen's order (ids 0..13 here; the real vocab puts them at 151643+).
@@ -36,8 +37,7 @@ QWEN2_REGEX = (
 BASE_CORPUS: list[str] = [
     "<think>", "</think>", "<answer>", "</answer>", "<think> </think>", "<answer> </answer>",
     "You are a helpful assistant.", "system", "user", "assistant",
-    "Output the thinking process in <think> </think> and final answer (bounding box) in <answer> </answer> tags.",
-    "Find and give the bounding box of", "Let's think step by step",
+    R1_SUFFIX.strip(), GROUNDING_QUESTION.split("<|")[0].strip(), COT_SUFFIX.strip(". "),
     "The image shows", "Planning", "Visual Analysis", "Comparison", "Conclusion",
     "(12,34),(56,78)", "(0,0),(999,999)", "(100,200),(300,400)", "[1, 2, 3, 4]",
 ] + [f"({a},{b}),({c},{d})" for a, b, c, d in zip(range(0, 1000, 37), range(5, 1000, 41), range(9, 1000, 43), range(3, 1000, 47))]
