@@ -105,6 +105,16 @@ def render_markdown(summaries: list[EvalSummary], header: dict[str, Any]) -> str
         lines.append(
             f"| {s.label} | `{s.checkpoint}` | `{s.bench}` | `{s.evaluation}` | `{s.config_hash}` | `{s.code_version}` |"
         )
+    trained = [(s.label, s.extra.get("train") or {}) for s in summaries if s.extra.get("train")]
+    if trained:
+        lines += ["", "## Training", "", "| checkpoint | steps | runtime s | loss first → last | mean reward first → last |",
+                  "|---|---:|---:|---|---|"]
+        for label, t in trained:
+            rewards = t.get("reward") or []
+            reward_txt = f"{rewards[0]:.3f} → {rewards[-1]:.3f}" if rewards else "—"
+            loss_txt = (f"{t['train_loss_first']:.4f} → {t['train_loss_last']:.4f}"
+                        if t.get("train_loss_first") is not None else "—")
+            lines.append(f"| {label} | {_fmt(t.get('steps'))} | {_fmt(t.get('runtime_s'))} | {loss_txt} | {reward_txt} |")
     notes = [f"- {s.label}: {note}" for s in summaries for note in s.extra.get("notes", [])]
     if notes:
         lines += ["", "## Notes", ""] + notes
