@@ -7,6 +7,7 @@ artifact versions even in an uncommitted tree (a git SHA alone would miss that, 
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import json
@@ -64,9 +65,67 @@ def source_hash() -> str:
     return h.hexdigest()[:10]
 
 
-def code_version() -> str:
-    """``<package version>+src.<source hash>``, e.g. ``0.1.0+src.1a2b3c4d5e``."""
-    return f"{__version__}+src.{source_hash()}"
+def code_version(scope: tuple[str, ...] | None = None, shallow: tuple[str, ...] = ()) -> str:
+    """``<package version>+src.<source hash>``, e.g. ``0.1.0+src.1a2b3c4d5e``.
+
+    With a ``scope`` (module names, e.g. ``("deepperception.engine.collection",)``), only the source
+    of those modules and everything they import from this repository (transitively, including
+    imports inside functions) is hashed: editing the evaluator does not invalidate the data engine's
+    artifacts, while editing anything a stage runs does. ``shallow`` modules (the thin Prefect task
+    module) are hashed without following their imports.
+    """
+    if scope is None:
+        return f"{__version__}+src.{source_hash()}"
+    return f"{__version__}+src.{scoped_source_hash(tuple(sorted(scope)), tuple(sorted(shallow)))}"
+
+
+def _module_file(name: str) -> Path | None:
+    base = _ROOT.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None  # a name imported from a module (a function or class), not a module
+
+
+def module_closure(roots: tuple[str, ...]) -> list[Path]:
+    """Source files of ``roots`` and of every repository module they import, transitively.
+
+    >>> names = {p.name for p in module_closure(("deepperception.boxes",))}
+    >>> "boxes.py" in names and "report.py" not in names
+    True
+    """
+    own = set(_SOURCE_DIRS)
+    seen: set[Path] = set()
+    stack = list(roots)
+    while stack:
+        name = stack.pop()
+        path = _module_file(name)
+        parts = name.split(".")
+        # A package's __init__ runs whenever one of its modules is imported.
+        stack += [".".join(parts[:i]) for i in range(1, len(parts)) if ".".join(parts[:i]) not in stack]
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            stack += [n for n in found if n.split(".")[0] in own]
+    return sorted(seen)
+
+
+@functools.lru_cache(maxsize=None)
+def scoped_source_hash(scope: tuple[str, ...], shallow: tuple[str, ...] = ()) -> str:
+    h = hashlib.sha256()
+    files = set(module_closure(scope)) | {p for p in map(_module_file, shallow) if p is not None}
+    for path in sorted(files):
+        h.update(str(path.relative_to(_ROOT)).encode())
+        h.update(b"\0")
+        h.update(path.read_bytes())
+    return h.hexdigest()[:10]
 
 
 @functools.lru_cache(maxsize=1)

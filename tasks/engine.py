@@ -48,7 +48,8 @@ def mine_entities_task(config: DataSourceConfig, store_uri: str | None = None, f
         table = entities_to_table(entities)
         return _commit_table(w, table, per_category=dict(Counter(e.category for e in entities)))
 
-    return run_stage(store, "entities", "mine", config, {}, produce, force=force)[0]
+    return run_stage(store, "entities", "mine", config, {}, produce, force=force,
+                     code=("deepperception.domain.synthetic", "deepperception.domain.entity", "deepperception.engine.collection"), task_module=__name__)[0]
 
 
 @task(name="collect-images", **TASK_DEFAULTS)
@@ -73,7 +74,8 @@ def collect_images_task(
         return _commit_table(w, table, pools=dict(pools))
 
     stage_cfg = {"source": source.model_dump(mode="json"), "collection": config.model_dump(mode="json")}
-    return run_stage(store, "images", "collect", stage_cfg, {"entities": entities}, produce, force=force)[0]
+    return run_stage(store, "images", "collect", stage_cfg, {"entities": entities}, produce, force=force,
+                     code=("deepperception.engine.collection",), task_module=__name__)[0]
 
 
 def make_labeler(config: LabelingStageConfig) -> labeling.BoxLabeler:
@@ -99,7 +101,8 @@ def label_boxes_task(
             logger.warning("label-boxes: %d of %d images got no box (see label_error)", failed, table.num_rows)
         return _commit_table(w, table, failed=failed)
 
-    return run_stage(store, "labeled-images", "label", config, {"images": images}, produce, force=force)[0]
+    return run_stage(store, "labeled-images", "label", config, {"images": images}, produce, force=force,
+                     code=("deepperception.engine.labeling",), task_module=__name__)[0]
 
 
 @task(name="compose-images", **TASK_DEFAULTS)
@@ -113,7 +116,8 @@ def compose_task(
         return _commit_table(w, table, layouts=dict(Counter(table.column("layout").to_pylist())))
 
     return run_stage(store, f"composites-{config.pool}", "compose", config, {"labeled": labeled}, produce,
-                     force=force)[0]
+                     force=force,
+                     code=("deepperception.engine.composition",), task_module=__name__)[0]
 
 
 @task(name="build-bench", **TASK_DEFAULTS)
@@ -134,7 +138,8 @@ def build_bench_task(
         return _commit_table(w, table, per_category=dict(Counter(table.column("category").to_pylist())),
                              seen_categories=seen, all_categories=seen + unseen)
 
-    return run_stage(store, "bench", "build-bench", config, {"composites": composites}, produce, force=force)[0]
+    return run_stage(store, "bench", "build-bench", config, {"composites": composites}, produce, force=force,
+                     code=("deepperception.engine.datasets",), task_module=__name__)[0]
 
 
 def make_teacher(config: DistillationStageConfig, entities_table: pa.Table) -> distillation.Teacher:
@@ -161,7 +166,8 @@ def distill_cot_task(
         return _commit_table(w, table, failed=failed)
 
     return run_stage(store, "cot", "distill", config, {"composites": composites, "entities": entities},
-                     produce, force=force)[0]
+                     produce, force=force,
+                     code=("deepperception.engine.distillation",), task_module=__name__)[0]
 
 
 @task(name="filter-cot", **TASK_DEFAULTS)
@@ -175,7 +181,8 @@ def filter_cot_task(config: FilterConfig, cot: ArtifactRef, store_uri: str | Non
         reasons = Counter(rejected.column("reason").to_pylist()) if rejected.num_rows else {}
         return {"kept": kept.num_rows, "rejected": rejected.num_rows, "reasons": dict(reasons)}
 
-    return run_stage(store, "cot-filtered", "filter", config, {"cot": cot}, produce, force=force)[0]
+    return run_stage(store, "cot-filtered", "filter", config, {"cot": cot}, produce, force=force,
+                     code=("deepperception.engine.filtering",), task_module=__name__)[0]
 
 
 @task(name="build-sft-dataset", **TASK_DEFAULTS)
@@ -189,7 +196,8 @@ def build_sft_dataset_task(
         return _commit_table(w, datasets.build_sft_rows(store.read_table(kept), store.read_table(composites)))
 
     return run_stage(store, "sft-dataset", "build-sft", {}, {"cot": kept, "composites": composites},
-                     produce, force=force)[0]
+                     produce, force=force,
+                     code=("deepperception.engine.datasets",), task_module=__name__)[0]
 
 
 @task(name="build-grpo-pool", **TASK_DEFAULTS)
@@ -203,7 +211,8 @@ def build_grpo_pool_task(
         table = datasets.build_grpo_rows(store.read_table(composites), config.grpo_targets_per_composite, config.seed)
         return _commit_table(w, table)
 
-    return run_stage(store, "grpo-pool", "build-grpo", config, {"composites": composites}, produce, force=force)[0]
+    return run_stage(store, "grpo-pool", "build-grpo", config, {"composites": composites}, produce, force=force,
+                     code=("deepperception.engine.datasets",), task_module=__name__)[0]
 
 
 @task(name="import-bench", **TASK_DEFAULTS)
@@ -224,4 +233,5 @@ def import_bench_task(path: str, store_uri: str | None = None) -> ArtifactRef:
         table = read_bench(path)  # schema-checked; only read when this version is new
         return _commit_table(w, table, source=path, per_category=dict(Counter(table.column("category").to_pylist())))
 
-    return run_stage(store, "bench", "import-bench", {"sha256": digest.hexdigest()}, {}, produce)[0]
+    return run_stage(store, "bench", "import-bench", {"sha256": digest.hexdigest()}, {}, produce,
+                     code=("deepperception.eval.io",), task_module=__name__)[0]

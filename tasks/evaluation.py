@@ -99,7 +99,8 @@ def evaluate_task(
                 "strict": result.strict, "cis": result.cis, "summary": result.summary()}
 
     return run_stage(store, "evaluation", "evaluate", stage_cfg, {"checkpoint": checkpoint, "bench": bench},
-                     produce, force=force)[0]
+                     produce, force=force,
+                     code=("deepperception.eval.inference", "deepperception.eval.scoring", "deepperception.eval.publish"), task_module=__name__)[0]
 
 
 def _summary(store, label: str, ref: ArtifactRef) -> EvalSummary:
@@ -138,7 +139,8 @@ def report_task(
         w.write_json("report.json", render_json(summaries, head))
         return {"checkpoints": [s.label for s in summaries]}
 
-    ref, _ = run_stage(store, "report", "report", {"header": header}, dict(evaluations), produce, force=force)
+    ref, _ = run_stage(store, "report", "report", {"header": header}, dict(evaluations), produce, force=force,
+                     code=("deepperception.report",), task_module=__name__)
     markdown = store.read_bytes(ref, "report.md").decode()
     create_markdown_artifact(markdown, key="reproduction-report", description=f"report {ref}")
     loc = store.location(ref)

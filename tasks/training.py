@@ -57,7 +57,8 @@ def build_base_model_task(
         return {"kind": "tiny-qwen2vl", "corpus_lines": len(corpus)}
 
     return run_stage(store, "base-checkpoint", "base-model", config,
-                     {"sft_dataset": sft_dataset, "grpo_pool": grpo_pool}, produce, force=force)[0]
+                     {"sft_dataset": sft_dataset, "grpo_pool": grpo_pool}, produce, force=force,
+                     code=("deepperception.model.tiny",), task_module=__name__)[0]
 
 
 @task(name="train-sft", **TASK_DEFAULTS)
@@ -77,7 +78,8 @@ def train_sft_task(
         return {"train": result.metrics}
 
     return run_stage(store, "sft-checkpoint", "sft", config, {"base": base, "dataset": dataset}, produce,
-                     force=force)[0]
+                     force=force,
+                     code=("deepperception.training.sft", "deepperception.training.launch"), task_module=__name__)[0]
 
 
 @task(name="rl-filter", **TASK_DEFAULTS)
@@ -105,7 +107,8 @@ def rl_filter_task(
         return {"stats": stats}
 
     return run_stage(store, "grpo-dataset", "rl-filter", config, {"checkpoint": checkpoint, "pool": pool},
-                     produce, force=force)[0]
+                     produce, force=force,
+                     code=("deepperception.training.rl_filter",), task_module=__name__)[0]
 
 
 @task(name="train-grpo", **TASK_DEFAULTS)
@@ -125,4 +128,5 @@ def train_grpo_task(
         return {"train": result.metrics}
 
     return run_stage(store, "grpo-checkpoint", "grpo", config, {"init": checkpoint, "dataset": dataset},
-                     produce, force=force)[0]
+                     produce, force=force,
+                     code=("deepperception.training.grpo", "deepperception.training.launch"), task_module=__name__)[0]

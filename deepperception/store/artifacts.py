@@ -258,10 +258,12 @@ class ArtifactStore:
         config: BaseModel | dict[str, Any] | None,
         upstream: dict[str, ArtifactRef] | None = None,
         salt: str = "",
+        code: str | None = None,
     ) -> "VersionWriter":
         """A writer for the version this stage run would produce; check ``writer.exists``
-        to skip recomputing an identical run."""
-        return VersionWriter(self, name, stage, config, upstream or {}, salt)
+        to skip recomputing an identical run. ``code`` is the code version (default: the whole
+        package's; stages pass the version of the code they actually run)."""
+        return VersionWriter(self, name, stage, config, upstream or {}, salt, code)
 
     def _commit_manifest(self, name: str, version: str, manifest: Manifest) -> None:
         body = manifest.model_dump_json(indent=2).encode()
@@ -329,6 +331,7 @@ class VersionWriter:
         config: BaseModel | dict[str, Any] | None,
         upstream: dict[str, ArtifactRef],
         salt: str = "",
+        code: str | None = None,
     ) -> None:
         from deepperception.version import config_hash
 
@@ -339,7 +342,7 @@ class VersionWriter:
             config.model_dump(mode="json") if isinstance(config, BaseModel) else dict(config or {})
         )
         self.config_hash = config_hash(self.config)
-        self.code_version = code_version()
+        self.code_version = code or code_version()
         self.upstream = {role: str(ref) for role, ref in sorted(upstream.items())}
         self.version = version_id(name, stage, self.config_hash, self.code_version, self.upstream, salt)
         self.ref = ArtifactRef(name=name, version=self.version)

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from deepperception.errors import AlreadyCommittedError, InputDataError
 from deepperception.store.artifacts import ArtifactRef, ArtifactStore, VersionWriter
+from deepperception.version import code_version
 
 log = logging.getLogger(__name__)
 
@@ -23,16 +24,21 @@ def run_stage(
     produce: Callable[[VersionWriter], dict[str, Any] | None],
     *,
     force: bool = False,
+    code: tuple[str, ...] | None = None,
+    task_module: str | None = None,
 ) -> tuple[ArtifactRef, bool]:
     """Produce artifact ``name`` unless the identical version is already committed.
 
     ``produce(writer)`` writes the data files and returns manifest metadata; the manifest is
     written only after it returns, and everything is removed if it raises. ``force`` salts the
     version id with the current time, giving a new version (downstream versions change too).
-    Returns ``(ref, reused)``.
+    ``code`` names the library modules the stage runs (their imports are followed) and
+    ``task_module`` the thin task module calling it: only that code is in the version id, so
+    editing the evaluator never invalidates a trained checkpoint. Returns ``(ref, reused)``.
     """
     salt = dt.datetime.now(dt.timezone.utc).isoformat() if force else ""
-    writer = store.plan(name, stage, config, upstream, salt=salt)
+    version = code_version(code, (task_module,) if task_module else ()) if code else None
+    writer = store.plan(name, stage, config, upstream, salt=salt, code=version)
     if writer.exists:
         log.info("stage %s: reusing %s (identical inputs, config and code)", stage, writer.ref)
         return writer.ref, True
