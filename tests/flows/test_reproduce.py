@@ -68,16 +68,36 @@ def test_reproduce_toy_end_to_end_then_rerun_reuses(prefect_harness, tmp_path):
     assert third["artifacts"]["evaluation_grpo"] != first["artifacts"]["evaluation_grpo"]
 
 
-def test_reproduce_into_s3_bucket(prefect_harness, s3_store_uri, tmp_path, monkeypatch):
-    from flows.reproduce import reproduce
+def test_reproduce_cli_into_s3_bucket(prefect_harness, s3_store_uri, tmp_path, monkeypatch):
+    """`deepperception reproduce --store s3://... --s3-endpoint URL`: the same flow, into a bucket."""
+    from typer.testing import CliRunner
+
+    from deepperception.cli import app
 
     uri, endpoint = s3_store_uri
-    monkeypatch.setenv("DP_STORE_S3_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("DP_STORE_S3_ENDPOINT_URL", endpoint)  # restored after the test (the CLI sets it)
     monkeypatch.setenv("DP_STORE_CACHE_DIR", str(tmp_path / "cache"))
-    result = reproduce(config=profile("toy"), store_uri=uri)
-    assert result["report_markdown"].startswith("s3://")
+    res = CliRunner().invoke(app, ["reproduce", "--profile", "toy", "--store", uri, "--s3-endpoint", endpoint])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    report_uri = next(line.split(": ", 1)[1].strip() for line in res.output.splitlines()
+                      if line.startswith("report (markdown):"))
+    assert report_uri.startswith(f"{uri}/report/") and report_uri.endswith("/report.md")
     store = ArtifactStore(StoreSettings(uri=uri, s3_endpoint_url=endpoint, cache_dir=str(tmp_path / "cache")))
-    _check_run(store, result)
+    report_ref = ArtifactRef.parse(next(line.split(": ", 1)[1].strip() for line in res.output.splitlines()
+                                        if line.startswith("report artifact:")))
+    report = json.loads(store.read_bytes(report_ref, "report.json"))
+    assert [c["label"] for c in report["checkpoints"]] == ["base", "sft", "grpo"]
+    # Walk the lineage from the report back to the entities: every upstream version is committed.
+    seen, todo = set(), [report_ref]
+    while todo:
+        ref = todo.pop()
+        if ref in seen:
+            continue
+        seen.add(ref)
+        todo += [ArtifactRef.parse(u) for u in store.manifest(ref).upstream.values()]
+    assert {r.name for r in seen} >= {"report", "evaluation", "grpo-checkpoint", "grpo-dataset", "sft-checkpoint",
+                                      "base-checkpoint", "bench", "cot-filtered", "cot", "composites-train",
+                                      "labeled-images", "images", "entities"}
     import boto3
 
     bucket = uri[len("s3://"):].split("/")[0]
