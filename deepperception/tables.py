@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import pyarrow as pa
 
@@ -23,9 +23,10 @@ BENCH_SCHEMA = pa.schema([
 
 
 def require_columns(
-    table: pa.Table, columns: Sequence[str], *, stage: str, artifact: str | None = None, allow_empty: bool = True
+    table: Any, columns: Sequence[str], *, stage: str, artifact: str | None = None, allow_empty: bool = True
 ) -> None:
     """Raise ``InputDataError`` naming the first missing column (and listing what is there).
+    ``table`` is a pyarrow table or a pandas DataFrame.
 
     >>> require_columns(pa.table({"a": [1]}), ["a"], stage="s")
     >>> require_columns(pa.table({"a": [1]}), ["a", "b"], stage="s")
@@ -33,10 +34,11 @@ def require_columns(
     ...
     deepperception.errors.InputDataError: [stage=s field=b] missing column(s) ['b']; table has ['a']
     """
-    missing = [c for c in columns if c not in table.column_names]
+    names = list(table.column_names) if hasattr(table, "column_names") else list(table.columns)
+    missing = [c for c in columns if c not in names]
     if missing:
         raise InputDataError(
-            f"missing column(s) {missing}; table has {table.column_names}", stage=stage, artifact=artifact, field=missing[0]
+            f"missing column(s) {missing}; table has {names}", stage=stage, artifact=artifact, field=missing[0]
         )
-    if not allow_empty and table.num_rows == 0:
+    if not allow_empty and len(table) == 0:
         raise InputDataError("table has no rows", stage=stage, artifact=artifact)

@@ -14,6 +14,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from deepperception.tables import require_columns
 from deepperception.errors import InputDataError
 
 Split = Literal["seen", "unseen"]
@@ -66,12 +67,7 @@ def entities_to_table(entities: list[Entity]) -> pa.Table:
 
 def entities_from_table(table: pa.Table, *, artifact: str | None = None) -> list[Entity]:
     """Arrow table -> entities, naming the row and field of anything malformed."""
-    missing = [c for c in ENTITY_SCHEMA.names if c not in table.column_names]
-    if missing:
-        raise InputDataError(
-            f"entities table lacks column(s) {missing}; has {table.column_names}",
-            stage="entities", artifact=artifact, field=missing[0],
-        )
+    require_columns(table, ENTITY_SCHEMA.names, stage="entities", artifact=artifact)
     out: list[Entity] = []
     for i, row in enumerate(table.select(ENTITY_SCHEMA.names).to_pylist()):
         for key in ENTITY_SCHEMA.names:

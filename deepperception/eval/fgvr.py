@@ -63,7 +63,7 @@ from deepperception.errors import InputDataError
 from deepperception.eval.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, group_cis
 from deepperception.eval.parsing import ANSWER_BLOCK_RE as _ANSWER_RE
 from deepperception.prompts import CLASSIFICATION_TEMPLATE, user_text
-from deepperception.tables import IMAGE_STRUCT
+from deepperception.tables import IMAGE_STRUCT, require_columns
 
 __all__ = ["CLASSIFICATION_TEMPLATE", "FGVR_BENCH_SCHEMA", "LETTERS", "HOWS", "build_question", "fgvr_prompt",
            "format_options", "parse_choice", "official_choice", "check_fgvr_items", "score_fgvr",
@@ -221,10 +221,7 @@ def check_fgvr_items(items: pd.DataFrame | pa.Table, *, artifact: str | None = N
     deepperception.errors.InputDataError: [stage=eval.fgvr row=0 field=answer] row 0 (question_id='q'): answer must be one of ['A', 'B'], got 'C'
     """
     df = items.to_pandas() if isinstance(items, pa.Table) else items.reset_index(drop=True)
-    missing_cols = [c for c in SCORING_COLUMNS if c not in df.columns]
-    if missing_cols:
-        raise InputDataError(f"FGVR items lack column(s) {missing_cols}", stage=STAGE, artifact=artifact,
-                             field=missing_cols[0])
+    require_columns(df, SCORING_COLUMNS, stage=STAGE, artifact=artifact)
     qids = df["question_id"].tolist()
     for i, q in enumerate(qids):
         if not isinstance(q, str) or not q:

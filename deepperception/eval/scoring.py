@@ -35,6 +35,7 @@ import pandas as pd
 import pyarrow as pa
 
 from deepperception.boxes import box_iou_many, parse_gt_box
+from deepperception.tables import require_columns
 from deepperception.errors import ConfigError, InputDataError
 from deepperception.eval import strict as strict_mod
 from deepperception.eval.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, group_cis
@@ -99,11 +100,7 @@ def bench_frame(bench: pa.Table | pd.DataFrame, artifact: str | None = None) -> 
     >>> bench_frame(pd.DataFrame({"question_id": ["a"], "category": ["car"], "answer": ["x"], "image": [None]})).columns.tolist()
     ['question_id', 'category', 'answer']
     """
-    names = bench.column_names if isinstance(bench, pa.Table) else list(bench.columns)
-    missing = [c for c in BENCH_COLUMNS if c not in names]
-    if missing:
-        raise InputDataError(f"bench lacks column(s) {missing}; has {names}", stage=STAGE, artifact=artifact,
-                             field=missing[0])
+    require_columns(bench, BENCH_COLUMNS, stage=STAGE, artifact=artifact)
     if isinstance(bench, pa.Table):
         df = bench.select(list(BENCH_COLUMNS)).to_pandas()
     else:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from deepperception.boxes import box_iou, parse_gt_box
+from deepperception.tables import require_columns
 from deepperception.errors import ConfigError, InputDataError, PipelineError
 from deepperception.eval.parsing import official_bbox
 
@@ -86,9 +87,7 @@ def rl_filter(
     if on_empty not in ("error", "keep_all"):
         raise ConfigError(f"on_empty must be 'error' or 'keep_all', got {on_empty!r}")
     table = grpo_rows if isinstance(grpo_rows, pa.Table) else pa.Table.from_pylist(list(grpo_rows))
-    for c in ("question_id", "solution"):
-        if c not in table.column_names:
-            raise InputDataError("missing column", stage="rl_filter", field=c)
+    require_columns(table, ("question_id", "solution"), stage="rl_filter")
     qids = table.column("question_id").to_pylist()
     sols = table.column("solution").to_pylist()
     gts = []

@@ -84,5 +84,5 @@ def test_score_fgvr_bad_input():
         score_fgvr(items, {})
     with pytest.raises(InputDataError, match="unknown question ids"):
         score_fgvr(_items(), {"x": "<answer>A</answer>"})
-    with pytest.raises(InputDataError, match=r"lack column\(s\) \['options'\]"):
+    with pytest.raises(InputDataError, match=r"missing column\(s\) \['options'\]"):
         score_fgvr(_items().drop(columns=["options"]), {})

@@ -25,7 +25,7 @@ def _bench(qids, cats, answers=None):
 
 
 def test_missing_column():
-    with pytest.raises(InputDataError, match=r"lacks column\(s\) \['answer'\]") as e:
+    with pytest.raises(InputDataError, match=r"missing column\(s\) \['answer'\]") as e:
         score(pa.table({"question_id": ["a"], "category": ["car"]}), {}, **CATS)
     assert e.value.field == "answer"
 
