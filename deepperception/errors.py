@@ -50,3 +50,11 @@ class ArtifactError(PipelineError):
 
 class AlreadyCommittedError(ArtifactError):
     """Another run committed this exact version first (same inputs, config and code)."""
+
+
+class InvalidRefError(ArtifactError, ValueError):
+    """An artifact name or version that is not a plain identifier (``/``, ``..``, odd characters)."""
+
+
+class StageFailedError(PipelineError):
+    """A stage whose items failed past its limit (e.g. a dead endpoint): nothing was committed."""
