@@ -51,19 +51,17 @@ def test_generation_config_mirrors_qwen2vl_instruct(tiny_ckpt):
     assert gen["eos_token_id"] == [2, 0] and gen["pad_token_id"] == 0
 
 
-def test_build_is_deterministic_and_fast(tmp_path):
-    import time
-
+def test_build_is_deterministic(tmp_path):
+    # Build time is measured by benchmarks/bench_wallclock.py (see benchmarks/RESULTS.md), not asserted here.
     from deepperception.model.synthetic import tiny_corpus
     from deepperception.model.tiny import build_tiny_qwen2vl
 
-    build_tiny_qwen2vl(tmp_path / "warm", tiny_corpus()[:4])  # imports
-    t = time.perf_counter()
     a = build_tiny_qwen2vl(tmp_path / "a", tiny_corpus(), seed=3)
-    assert time.perf_counter() - t < 2.0
     b = build_tiny_qwen2vl(tmp_path / "b", tiny_corpus(), seed=3)
     for f in ("model.safetensors", "tokenizer.json", "config.json"):
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    c = build_tiny_qwen2vl(tmp_path / "c", tiny_corpus(), seed=4)
+    assert (c / "model.safetensors").read_bytes() != (a / "model.safetensors").read_bytes()  # the seed matters
 
 
 def test_model_class_comes_from_model_type_not_path(tiny_ckpt, tmp_path):
