@@ -2,9 +2,19 @@
 
 Layout (same on a local directory and on S3)::
 
-    <root>/<name>/<version>/<table>.parquet
-    <root>/<name>/<version>/files/<relative path>      # e.g. a checkpoint directory
-    <root>/<name>/<version>/_manifest.json             # written LAST: the commit point
+    <root>/_store.json                                   # the store's identity (random, write-once)
+    <root>/<name>/<version>/_manifest.json               # the commit point, created exclusively
+    <root>/<name>/<version>/_attempts/<attempt>/<file>   # data of one writer, e.g. data.parquet, files/...
+    <root>/_quarantine/<name>/<version>-<time>/...       # corrupt versions moved aside by a repair
+
+Every writer stages its files under its own ``_attempts/<attempt>/`` prefix (unique per
+attempt: time, pid, random), so two runs producing the same version never share a path. The
+manifest lists each file with its ``key`` (location relative to the version directory) and is
+created *exclusively* (local: ``os.link`` of a complete temp file, which fails if the name exists;
+S3: ``PutObject`` with ``If-None-Match: *``). Exactly one writer wins; a loser deletes only its own
+attempt and reuses the winner's version. Readers only follow the manifest, so they never see a
+mix of writers, and a crashed attempt's files are unreferenced debris (collected once older than
+``StoreSettings.attempt_ttl_hours``).
 
 A version whose manifest is missing does not exist for readers. Version ids derive from the
 stage, its config hash, the code version and the upstream versions, so an identical rerun lands
@@ -17,54 +27,49 @@ import datetime as dt
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from deepperception.errors import AlreadyCommittedError, ArtifactError
+from deepperception.errors import AlreadyCommittedError, ArtifactError, InvalidRefError
+from deepperception.store.refs import ArtifactRef, check_relpath, check_segment
 from deepperception.store.settings import StoreSettings
 from deepperception.version import canonical_json, code_version, git_sha, short_hash
 
+__all__ = ["ArtifactRef", "ArtifactStore", "FileEntry", "Manifest", "VersionWriter", "version_id"]
+
+log = logging.getLogger(__name__)
+
 MANIFEST = "_manifest.json"
+STORE_FILE = "_store.json"
+ATTEMPTS = "_attempts"
+QUARANTINE = "_quarantine"
 _CHUNK = 8 * 1024 * 1024
-
-
-class ArtifactRef(BaseModel):
-    """What tasks pass around: a name and a version, never the data itself."""
-
-    model_config = {"frozen": True}
-
-    name: str
-    version: str
-
-    def __str__(self) -> str:
-        return f"{self.name}@{self.version}"
-
-    @classmethod
-    def parse(cls, text: str) -> "ArtifactRef":
-        """``name@version`` -> ref.
-
-        >>> ArtifactRef.parse("entities@abc123")
-        ArtifactRef(name='entities', version='abc123')
-        """
-        name, sep, version = text.partition("@")
-        if not sep or not name or not version:
-            raise ValueError(f"artifact reference {text!r} is not of the form name@version")
-        return cls(name=name, version=version)
+_TIME_FMT = "%Y%m%dT%H%M%S"
 
 
 class FileEntry(BaseModel):
-    path: str = Field(description="Path relative to the version directory.")
+    path: str = Field(description="Logical path of the file in the version (what readers ask for).")
     sha256: str
     bytes: int
     rows: int | None = Field(None, description="Row count for Parquet tables.")
+    key: str | None = Field(
+        None, description="Where the bytes are, relative to the version directory (default: path)."
+    )
+
+    @property
+    def location(self) -> str:
+        # Manifests written before attempts existed keep their data at the plain path.
+        return self.key or self.path
 
 
 class Manifest(BaseModel):
@@ -86,6 +91,16 @@ class Manifest(BaseModel):
     def ref(self) -> ArtifactRef:
         return ArtifactRef(name=self.name, version=self.version)
 
+    @property
+    def failures(self) -> dict[str, Any]:
+        """``{"failed": int, "total": int, "examples": [...]}`` as the stage reported it, or ``{}``."""
+        return self.metadata.get("failures") or {}
+
+    @property
+    def is_partial(self) -> bool:
+        """Some items of the stage failed; a rerun retries them in a new version (see run_stage)."""
+        return int(self.failures.get("failed", 0) or 0) > 0
+
     def file(self, path: str) -> FileEntry:
         for f in self.files:
             if f.path == path:
@@ -106,6 +121,57 @@ def version_id(name: str, stage: str, config_hash: str, code: str, upstream: dic
     )
 
 
+def new_attempt_id(now: dt.datetime | None = None) -> str:
+    """Unique per writer attempt; starts with its UTC start time so stale ones can be collected.
+
+    >>> new_attempt_id(dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)).startswith("20260102T030405-")
+    True
+    """
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return f"{now.strftime(_TIME_FMT)}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+def attempt_started(attempt: str) -> dt.datetime | None:
+    """Start time encoded in an attempt id (``None`` if it is not one of ours).
+
+    >>> attempt_started("20260102T030405-77-abc").isoformat()
+    '2026-01-02T03:04:05+00:00'
+    >>> attempt_started("junk") is None
+    True
+    """
+    try:
+        return dt.datetime.strptime(attempt.split("-", 1)[0], _TIME_FMT).replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        return None
+
+
+def file_problem(entry: FileEntry, sha256: str | None, size: int) -> str | None:
+    """Why bytes with this digest and size are not ``entry`` (``sha256=None``: size only), else None.
+
+    >>> e = FileEntry(path="a", sha256="00" * 32, bytes=3)
+    >>> file_problem(e, "00" * 32, 3) is None
+    True
+    >>> file_problem(e, "11" * 32, 3)
+    'sha256 111111111111… differs from the manifest (000000000000…)'
+    >>> file_problem(e, None, 4)
+    'size 4 bytes differs from the manifest (3 bytes)'
+    """
+    if size != entry.bytes:
+        return f"size {size} bytes differs from the manifest ({entry.bytes} bytes)"
+    if sha256 is not None and sha256 != entry.sha256:
+        return f"sha256 {sha256[:12]}… differs from the manifest ({entry.sha256[:12]}…)"
+    return None
+
+
+def _hash_stream(read: Callable[[int], bytes]) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    while chunk := read(_CHUNK):
+        h.update(chunk)
+        size += len(chunk)
+    return h.hexdigest(), size
+
+
 def _current_flow_run_id() -> str | None:
     try:
         from prefect.context import FlowRunContext
@@ -116,6 +182,10 @@ def _current_flow_run_id() -> str | None:
         return None
 
 
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
 class ArtifactStore:
     """Reads and writes artifact versions on a local directory or any S3-compatible store."""
 
@@ -123,6 +193,7 @@ class ArtifactStore:
         self.settings = settings or StoreSettings()
         self.fs, self.root = self.settings.arrow_filesystem()
         self._s3 = self.settings.boto3_client() if self.settings.is_s3 else None
+        self._identity: str | None = None
 
     @classmethod
     def from_uri(cls, uri: str | None = None) -> "ArtifactStore":
@@ -135,8 +206,22 @@ class ArtifactStore:
         return self.settings.uri
 
     # ---- paths -----------------------------------------------------------------------------
+    def _path(self, *parts: str) -> str:
+        """The one place store paths are built: ``<root>/<part>/...``, provably under the root."""
+        rel = "/".join(check_relpath(p, "store path") for p in parts)
+        path = f"{self.root}/{rel}"
+        normal = os.path.normpath(path) if not self.settings.is_s3 else path
+        if not normal.startswith(self.root.rstrip("/") + "/"):
+            raise InvalidRefError(f"store path {rel!r} escapes the store root {self.uri}")
+        return path
+
     def _dir(self, name: str, version: str) -> str:
-        return f"{self.root}/{name}/{version}"
+        return self._path(check_segment(name, "artifact name"), check_segment(version, "version"))
+
+    def file_path(self, ref: ArtifactRef, path: str) -> str:
+        """Filesystem path (inside ``self.fs``) of the bytes of committed file ``path``."""
+        entry = self.manifest(ref).file(path)
+        return self._path(ref.name, ref.version, entry.location)
 
     def location(self, ref: ArtifactRef) -> str:
         """Human-readable location of a version (a path or an s3:// URI)."""
@@ -144,38 +229,117 @@ class ArtifactStore:
             return f"s3://{self._dir(ref.name, ref.version)}"
         return self._dir(ref.name, ref.version)
 
+    # ---- primitives ------------------------------------------------------------------------
+    def _create_exclusive(self, path: str, body: bytes) -> bool:
+        """Create ``path`` holding ``body`` atomically, only if it does not exist yet.
+
+        Returns False when it already existed (someone else created it first); readers see
+        either nothing or the complete body, never a partial file.
+        """
+        if self._s3 is not None:
+            return self._s3_put_if_absent(path, body)
+        final = Path(path)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, final)  # atomic, and fails if the name exists
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _s3_put_if_absent(self, path: str, body: bytes) -> bool:
+        bucket, _, key = path.partition("/")
+        for _ in range(5):
+            try:
+                self._s3.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*",
+                                    ContentType="application/json")
+                return True
+            except self._s3.exceptions.ClientError as exc:
+                err = exc.response.get("Error", {}).get("Code", "")
+                if err in ("PreconditionFailed", "412"):
+                    return False
+                # AWS answers 409 while another conditional write of the key is in flight: retry.
+                if err not in ("ConditionalRequestConflict", "409"):
+                    raise
+        raise ArtifactError(f"conditional write of {path} kept conflicting; retry the run")
+
+    def _read_small(self, path: str) -> bytes:
+        with self.fs.open_input_stream(path) as f:
+            return f.read()
+
+    def _delete_dir(self, path: str) -> None:
+        try:
+            self.fs.delete_dir(path)
+        except (FileNotFoundError, OSError):
+            pass
+
+    def _subdirs(self, path: str) -> list[str]:
+        sel = pafs.FileSelector(path, allow_not_found=True)
+        return sorted(Path(i.path).name for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.Directory)
+
+    # ---- identity --------------------------------------------------------------------------
+    @property
+    def identity(self) -> str:
+        """Stable random id of this store (UUID4 hex), created on first use in ``_store.json``.
+
+        Two stores at different URIs, or the same URI after a wipe, have different identities,
+        so local caches keyed on it never serve another store's bytes.
+        """
+        if self._identity is None:
+            path = self._path(STORE_FILE)
+            body = json.dumps({"identity": uuid.uuid4().hex, "created_at": _utcnow().isoformat()}).encode()
+            self._create_exclusive(path, body)  # a concurrent creator may win: read back either way
+            try:
+                self._identity = str(json.loads(self._read_small(path))["identity"])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ArtifactError(f"store {self.uri}: identity file {path} is unreadable: {exc}") from exc
+        return self._identity
+
     # ---- reading ---------------------------------------------------------------------------
     def exists(self, ref: ArtifactRef) -> bool:
-        info = self.fs.get_file_info(f"{self._dir(ref.name, ref.version)}/{MANIFEST}")
+        info = self.fs.get_file_info(self._path(ref.name, ref.version, MANIFEST))
         return info.type == pafs.FileType.File
 
     def manifest(self, ref: ArtifactRef) -> Manifest:
-        path = f"{self._dir(ref.name, ref.version)}/{MANIFEST}"
+        path = self._path(ref.name, ref.version, MANIFEST)
         try:
-            with self.fs.open_input_stream(path) as f:
-                raw = f.read()
+            raw = self._read_small(path)
         except (FileNotFoundError, OSError) as exc:
             raise ArtifactError(
                 f"artifact {ref} does not exist in store {self.uri} (no committed manifest at {path})"
             ) from exc
         try:
-            return Manifest.model_validate_json(raw)
+            m = Manifest.model_validate_json(raw)
         except ValueError as exc:
             raise ArtifactError(f"artifact {ref}: manifest {path} is corrupt: {exc}") from exc
+        if (m.name, m.version) != (ref.name, ref.version):
+            raise ArtifactError(f"artifact {ref}: manifest {path} describes {m.name}@{m.version} instead")
+        return m
+
+    def resolve(self, ref: ArtifactRef) -> ArtifactRef:
+        """``name@latest`` -> the newest committed version; other refs unchanged."""
+        if not ref.is_latest:
+            return ref
+        latest = self.latest(ref.name)
+        if latest is None:
+            raise ArtifactError(f"artifact {ref.name} has no committed version in store {self.uri}")
+        return latest
 
     def _read_verified(self, ref: ArtifactRef, entry: FileEntry) -> bytes:
-        path = f"{self._dir(ref.name, ref.version)}/{entry.path}"
+        path = self._path(ref.name, ref.version, entry.location)
         try:
-            with self.fs.open_input_stream(path) as f:
-                data = f.read()
+            data = self._read_small(path)
         except (FileNotFoundError, OSError) as exc:
             raise ArtifactError(f"artifact {ref}: file {entry.path} listed in the manifest is missing") from exc
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != entry.sha256 or len(data) != entry.bytes:
-            raise ArtifactError(
-                f"artifact {ref}: file {entry.path} is corrupt (sha256 {digest[:12]}…, "
-                f"{len(data)} bytes; manifest says {entry.sha256[:12]}…, {entry.bytes} bytes)"
-            )
+        problem = file_problem(entry, hashlib.sha256(data).hexdigest(), len(data))
+        if problem:
+            raise ArtifactError(f"artifact {ref}: file {entry.path} is corrupt ({problem})")
         return data
 
     def read_table(self, ref: ArtifactRef, table: str = "data") -> pa.Table:
@@ -195,60 +359,166 @@ class ArtifactStore:
     def materialize(self, ref: ArtifactRef, prefix: str = "files/") -> Path:
         """A local directory holding the version's files under ``prefix`` (e.g. a checkpoint).
 
-        Local stores return the version's own directory (after verifying checksums); S3 stores
-        download once into the local cache, keyed by version, so later calls are free.
+        Local stores return the writer's own attempt directory (after verifying checksums); S3
+        stores download once into ``local_cache()/<identity>/<name>/<version>`` (verified while
+        downloading) and reuse that copy while it still matches the manifest; a stale or
+        incomplete copy is downloaded again.
         """
         m = self.manifest(ref)
         entries = [f for f in m.files if f.path.startswith(prefix)]
         if not entries:
             raise ArtifactError(f"artifact {ref} has no files under {prefix!r}")
         if not self.settings.is_s3:
+            return self._materialize_local(ref, entries, prefix)
+        dest = self.settings.local_cache() / self.identity / ref.name / ref.version
+        stamp = short_hash([m.created_at, [(e.path, e.sha256, e.bytes) for e in entries]])
+        if not _cache_matches(dest, entries, stamp):
+            self._download(ref, entries, dest, stamp)
+        return dest / prefix
+
+    def _materialize_local(self, ref: ArtifactRef, entries: list[FileEntry], prefix: str) -> Path:
+        bases = {e.location[: len(e.location) - len(e.path)] for e in entries if e.location.endswith(e.path)}
+        if len(bases) != 1 or not all(e.location.endswith(e.path) for e in entries):
+            raise ArtifactError(f"artifact {ref}: files under {prefix!r} are not stored in one directory")
+        for e in entries:
+            _verify_local(Path(self._path(ref.name, ref.version, e.location)), e, ref)
+        base = Path(self._dir(ref.name, ref.version))
+        base_rel = bases.pop().rstrip("/")
+        return (base / base_rel / prefix) if base_rel else base / prefix
+
+    def _download(self, ref: ArtifactRef, entries: list[FileEntry], dest: Path, stamp: str) -> None:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{ref.version}-", dir=_ensure(dest.parent)))
+        try:
             for e in entries:
-                _verify_local(Path(self._dir(ref.name, ref.version)) / e.path, e, ref)
-            return Path(self._dir(ref.name, ref.version)) / prefix
-        dest = self.settings.local_cache() / ref.name / ref.version
-        marker = dest / ".complete"
-        if not marker.exists():
-            tmp = Path(tempfile.mkdtemp(prefix=f".{ref.version}-", dir=_ensure(dest.parent)))
-            for e in entries:
-                target = tmp / e.path
+                target = tmp / check_relpath(e.path)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with self.fs.open_input_stream(f"{self._dir(ref.name, ref.version)}/{e.path}") as src, open(target, "wb") as out:
+                with self.fs.open_input_stream(self._path(ref.name, ref.version, e.location)) as src, \
+                        open(target, "wb") as out:
                     while chunk := src.read(_CHUNK):
                         out.write(chunk)
                 _verify_local(target, e, ref)
-            (tmp / ".complete").write_text(m.created_at)
+            (tmp / ".complete").write_text(stamp)
             if dest.exists():
-                shutil.rmtree(dest)
-            os.replace(tmp, dest)
-        return dest / prefix
+                shutil.rmtree(dest, ignore_errors=True)
+            try:
+                os.replace(tmp, dest)
+            except OSError:
+                # A concurrent materialiser put its (identical, verified) copy there first.
+                if not _cache_matches(dest, entries, stamp):
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def refs(self, name: str | None = None) -> list[ArtifactRef]:
+        """Every committed version (a manifest exists), of one artifact or of all, unordered."""
+        names = [check_segment(name, "artifact name")] if name is not None else [
+            n for n in self._subdirs(self.root) if _plain(n)
+        ]
+        out = []
+        for n in names:
+            for v in self._subdirs(self._path(n)):
+                if _plain(v):
+                    ref = ArtifactRef(name=n, version=v)
+                    if self.exists(ref):
+                        out.append(ref)
+        return out
 
     def list(self, name: str | None = None) -> list[Manifest]:
         """Committed versions (newest first), optionally of one artifact name."""
-        names: list[str]
-        if name is not None:
-            names = [name]
-        else:
-            names = [
-                Path(i.path).name
-                for i in self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
-                if i.type == pafs.FileType.Directory and not Path(i.path).name.startswith("_")
-            ]
-        out: list[Manifest] = []
-        for n in names:
-            sel = pafs.FileSelector(f"{self.root}/{n}", allow_not_found=True)
-            for info in self.fs.get_file_info(sel):
-                if info.type != pafs.FileType.Directory:
-                    continue
-                ref = ArtifactRef(name=n, version=Path(info.path).name)
-                if self.exists(ref):
-                    out.append(self.manifest(ref))
+        out = [self.manifest(ref) for ref in self.refs(name)]
         out.sort(key=lambda m: m.created_at, reverse=True)
         return out
 
     def latest(self, name: str) -> ArtifactRef | None:
         versions = self.list(name)
         return versions[0].ref if versions else None
+
+    # ---- verification and repair ------------------------------------------------------------
+    def verify(self, ref: ArtifactRef, deep: bool = True) -> list[str]:
+        """Problems of a committed version (empty: intact), each naming the file and why.
+
+        ``deep`` re-hashes every file (streaming, bounded memory) against the manifest's sha256
+        and size; ``deep=False`` only checks that the manifest parses and that each file exists
+        with the recorded size (one metadata call per file: cheap even for a 7B checkpoint).
+        """
+        try:
+            m = self.manifest(ref)
+        except ArtifactError as exc:
+            if not self.exists(ref):
+                raise
+            return [f"manifest: {exc}"]
+        problems = []
+        for e in m.files:
+            why = self._file_problem(ref, e, deep)
+            if why:
+                problems.append(f"file {e.path}: {why}")
+        return problems
+
+    def _file_problem(self, ref: ArtifactRef, entry: FileEntry, deep: bool) -> str | None:
+        path = self._path(ref.name, ref.version, entry.location)
+        if not deep:
+            info = self.fs.get_file_info(path)
+            if info.type != pafs.FileType.File:
+                return f"missing (expected at {entry.location})"
+            return file_problem(entry, None, info.size)
+        try:
+            with self.fs.open_input_stream(path) as f:
+                digest, size = _hash_stream(f.read)
+        except (FileNotFoundError, OSError):
+            return f"missing (expected at {entry.location})"
+        return file_problem(entry, digest, size)
+
+    def quarantine(self, ref: ArtifactRef) -> str:
+        """Move a committed version aside to ``_quarantine/<name>/<version>-<time>/``; returns where.
+
+        The manifest goes first, so the version stops existing for readers at once and the same
+        version id can be recomputed; then the files it references follow (kept for inspection).
+        """
+        m_path = self._path(ref.name, ref.version, MANIFEST)
+        try:
+            files = [e.location for e in self.manifest(ref).files]
+        except ArtifactError:
+            files = []  # an unparsable manifest: move just the manifest
+        dest = self._path(QUARANTINE, ref.name, f"{ref.version}-{_utcnow().strftime(_TIME_FMT)}-{uuid.uuid4().hex[:6]}")
+        for rel, src in [(MANIFEST, m_path)] + [(f, self._path(ref.name, ref.version, f)) for f in files]:
+            target = f"{dest}/{rel}"
+            self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+            try:
+                self.fs.move(src, target)
+            except (FileNotFoundError, OSError):
+                if rel == MANIFEST:
+                    raise
+        return f"s3://{dest}" if self.settings.is_s3 else dest
+
+    def collect_stale_attempts(self, ref: ArtifactRef, older_than: dt.timedelta | None = None) -> list[str]:
+        """Delete attempts of ``ref`` that started longer ago than ``older_than`` (default: the
+        settings' ``attempt_ttl_hours``) and that no committed manifest references; returns them.
+
+        A live writer's attempt is younger than that (its id holds its start time), and the
+        committed version's own attempt is never touched.
+        """
+        age = older_than if older_than is not None else dt.timedelta(hours=self.settings.attempt_ttl_hours)
+        attempts_dir = self._path(ref.name, ref.version, ATTEMPTS)
+        candidates = [a for a in self._subdirs(attempts_dir)
+                      if (t := attempt_started(a)) is not None and _utcnow() - t > age]
+        if not candidates:
+            return []
+        keep = self._referenced_attempts(ref)
+        if keep is None:
+            return []  # a manifest exists but is unreadable: it may reference any of them
+        removed = [a for a in candidates if a not in keep]
+        for a in removed:
+            self._delete_dir(f"{attempts_dir}/{a}")
+        return removed
+
+    def _referenced_attempts(self, ref: ArtifactRef) -> set[str] | None:
+        if not self.exists(ref):
+            return set()
+        try:
+            files = self.manifest(ref).files
+        except ArtifactError:
+            return None
+        return {e.key.split("/")[1] for e in files if e.key and e.key.startswith(f"{ATTEMPTS}/")}
 
     # ---- writing ---------------------------------------------------------------------------
     def plan(
@@ -267,34 +537,16 @@ class ArtifactStore:
 
     def _commit_manifest(self, name: str, version: str, manifest: Manifest) -> None:
         body = manifest.model_dump_json(indent=2).encode()
-        path = f"{self._dir(name, version)}/{MANIFEST}"
-        if self._s3 is not None:
-            bucket, _, key = path.partition("/")
-            try:
-                # Write-once: a second commit of the same version is refused by the server.
-                self._s3.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*",
-                                    ContentType="application/json")
-            except self._s3.exceptions.ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code", "")
-                if code in ("PreconditionFailed", "412"):
-                    raise AlreadyCommittedError(f"artifact {name}@{version} is already committed") from exc
-                raise
-            return
-        final = Path(path)
-        tmp = final.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
-        tmp.write_bytes(body)
-        try:
-            os.link(tmp, final)  # atomic and fails if the version was committed meanwhile
-        except FileExistsError as exc:
-            raise AlreadyCommittedError(f"artifact {name}@{version} is already committed") from exc
-        finally:
-            tmp.unlink(missing_ok=True)
+        if not self._create_exclusive(self._path(name, version, MANIFEST), body):
+            raise AlreadyCommittedError(f"artifact {name}@{version} is already committed")
 
-    def _delete_dir(self, name: str, version: str) -> None:
-        try:
-            self.fs.delete_dir(self._dir(name, version))
-        except (FileNotFoundError, OSError):
-            pass
+
+def _plain(segment: str) -> bool:
+    try:
+        check_segment(segment, "entry")
+        return True
+    except InvalidRefError:
+        return False
 
 
 def _ensure(p: Path) -> Path:
@@ -302,25 +554,54 @@ def _ensure(p: Path) -> Path:
     return p
 
 
+def _cache_matches(dest: Path, entries: list[FileEntry], stamp: str) -> bool:
+    """A cached copy is usable when it was completed for this manifest and no file lost bytes."""
+    marker = dest / ".complete"
+    if not marker.is_file() or marker.read_text() != stamp:
+        return False
+    for e in entries:
+        p = dest / e.path
+        if not p.is_file() or p.stat().st_size != e.bytes:
+            return False
+    return True
+
+
 def _verify_local(path: Path, entry: FileEntry, ref: ArtifactRef) -> None:
-    h = hashlib.sha256()
-    size = 0
     try:
         with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-                size += len(chunk)
+            digest, size = _hash_stream(f.read)
     except FileNotFoundError as exc:
         raise ArtifactError(f"artifact {ref}: file {entry.path} listed in the manifest is missing") from exc
-    if h.hexdigest() != entry.sha256 or size != entry.bytes:
-        raise ArtifactError(f"artifact {ref}: file {entry.path} is corrupt (checksum mismatch)")
+    problem = file_problem(entry, digest, size)
+    if problem:
+        raise ArtifactError(f"artifact {ref}: file {entry.path} is corrupt ({problem})")
+
+
+def _check_failures(ref: ArtifactRef, metadata: dict[str, Any]) -> None:
+    """The ``failures`` contract: ``{"failed": int, "total": int, "examples": [str, ...]}``."""
+    failures = metadata.get("failures")
+    if failures is None:
+        return
+    ok = (
+        isinstance(failures, dict)
+        and isinstance(failures.get("failed"), int) and failures["failed"] >= 0
+        and isinstance(failures.get("total"), int) and failures["total"] >= failures["failed"]
+        and isinstance(failures.get("examples", []), list)
+    )
+    if not ok:
+        raise ArtifactError(
+            f"artifact {ref}: metadata field 'failures' must be "
+            f'{{"failed": int, "total": int >= failed, "examples": [str]}}, got {failures!r}'
+        )
 
 
 class VersionWriter:
-    """Collects the files of one version; ``commit`` writes the manifest last.
+    """Collects the files of one version in a private attempt; ``commit`` writes the manifest last.
 
-    Use as a context manager: if the body raises, every file written so far is deleted, so no
-    half-written version is ever visible (and none would be anyway, without a manifest).
+    Use as a context manager: if the body raises, or the commit loses a race, this attempt's
+    files (and only these) are deleted, so no half-written version is ever visible.
+    ``previous`` is set by ``run_stage`` when this version retries the failed items of a partial
+    one: the stage may copy that version's good rows and redo only the failures.
     """
 
     def __init__(
@@ -336,7 +617,7 @@ class VersionWriter:
         from deepperception.version import config_hash
 
         self.store = store
-        self.name = name
+        self.name = check_segment(name, "artifact name")
         self.stage = stage
         self.config = (
             config.model_dump(mode="json") if isinstance(config, BaseModel) else dict(config or {})
@@ -346,6 +627,8 @@ class VersionWriter:
         self.upstream = {role: str(ref) for role, ref in sorted(upstream.items())}
         self.version = version_id(name, stage, self.config_hash, self.code_version, self.upstream, salt)
         self.ref = ArtifactRef(name=name, version=self.version)
+        self.previous: ArtifactRef | None = None
+        self.attempt = new_attempt_id()
         self._files: list[FileEntry] = []
         self._schemas: dict[str, str] = {}
         self._committed = False
@@ -356,34 +639,39 @@ class VersionWriter:
 
     @property
     def dir(self) -> str:
+        """The version directory (shared by all writers of this version; holds the manifest)."""
         return self.store._dir(self.name, self.version)
+
+    @property
+    def attempt_dir(self) -> str:
+        """This writer's private staging directory."""
+        return self.store._path(self.name, self.version, ATTEMPTS, self.attempt)
 
     def __enter__(self) -> "VersionWriter":
         if self.exists:
             raise AlreadyCommittedError(f"artifact {self.ref} is already committed; read it instead of rewriting")
-        # Left-overs of a crashed earlier attempt (no manifest) are not a version: clear them.
-        self.store._delete_dir(self.name, self.version)
-        self.store.fs.create_dir(self.dir, recursive=True)
+        # Fresh start time: the attempt id is what stale-attempt collection judges liveness by.
+        self.attempt = new_attempt_id()
+        self.store.collect_stale_attempts(self.ref)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        # Lost a commit race: the directory now holds the winner's committed version; keep it.
-        # (Two runs computing the same version at once is otherwise unsupported: they share paths.
-        # The pipeline avoids it by running each stage once per flow run.)
-        if exc_type is not None and issubclass(exc_type, AlreadyCommittedError):
-            return
-        if exc_type is not None or not self._committed:
-            self.store._delete_dir(self.name, self.version)
+        if not self._committed:
+            self.store._delete_dir(self.attempt_dir)
 
-    def _put(self, rel: str, data: bytes, rows: int | None = None) -> FileEntry:
+    def _entry_key(self, rel: str) -> str:
+        check_relpath(rel, f"file path in artifact {self.ref}")
         if any(f.path == rel for f in self._files):
             raise ArtifactError(f"artifact {self.ref}: file {rel} written twice")
-        path = f"{self.dir}/{rel}"
-        parent = path.rsplit("/", 1)[0]
-        self.store.fs.create_dir(parent, recursive=True)
+        return f"{ATTEMPTS}/{self.attempt}/{rel}"
+
+    def _put(self, rel: str, data: bytes, rows: int | None = None) -> FileEntry:
+        key = self._entry_key(rel)
+        path = self.store._path(self.name, self.version, key)
+        self.store.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         with self.store.fs.open_output_stream(path) as out:
             out.write(data)
-        entry = FileEntry(path=rel, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data), rows=rows)
+        entry = FileEntry(path=rel, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data), rows=rows, key=key)
         self._files.append(entry)
         return entry
 
@@ -406,7 +694,8 @@ class VersionWriter:
         out = []
         for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
             rel = prefix + path.relative_to(local_dir).as_posix()
-            dest = f"{self.dir}/{rel}"
+            key = self._entry_key(rel)
+            dest = self.store._path(self.name, self.version, key)
             self.store.fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
             h = hashlib.sha256()
             size = 0
@@ -415,19 +704,23 @@ class VersionWriter:
                     h.update(chunk)
                     size += len(chunk)
                     dst.write(chunk)
-            entry = FileEntry(path=rel, sha256=h.hexdigest(), bytes=size)
+            entry = FileEntry(path=rel, sha256=h.hexdigest(), bytes=size, key=key)
             self._files.append(entry)
             out.append(entry)
         return out
 
     def commit(self, metadata: dict[str, Any] | None = None) -> ArtifactRef:
+        """Publish the version: exactly one writer of a version succeeds, the others get
+        :class:`AlreadyCommittedError` (and their attempt is removed on exit)."""
         if not self._files:
             raise ArtifactError(f"artifact {self.ref}: refusing to commit a version with no files")
+        metadata = json.loads(canonical_json(metadata or {}))
+        _check_failures(self.ref, metadata)
         manifest = Manifest(
             name=self.name,
             version=self.version,
             stage=self.stage,
-            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds"),
+            created_at=_utcnow().isoformat(timespec="microseconds"),
             config=self.config,
             config_hash=self.config_hash,
             code_version=self.code_version,
@@ -435,10 +728,9 @@ class VersionWriter:
             upstream=self.upstream,
             files=self._files,
             schemas=self._schemas,
-            metadata=json.loads(canonical_json(metadata or {})),
+            metadata=metadata,
             flow_run_id=_current_flow_run_id(),
         )
         self.store._commit_manifest(self.name, self.version, manifest)
         self._committed = True
         return self.ref
-

@@ -30,6 +30,14 @@ class StoreSettings(BaseSettings):
     s3_region: str = Field("us-east-1", description="Region passed to both S3 clients.")
     s3_access_key_id: SecretStr | None = Field(None, description="Default: AWS_ACCESS_KEY_ID.")
     s3_secret_access_key: SecretStr | None = Field(None, description="Default: AWS_SECRET_ACCESS_KEY.")
+    repair: bool = Field(
+        False,
+        description="When a stage finds its committed version corrupt: move it to _quarantine/ and recompute "
+        "it (env DP_STORE_REPAIR=1; `reproduce --repair`). Off: refuse with an error naming the file.",
+    )
+    attempt_ttl_hours: float = Field(
+        48.0, description="Uncommitted writer attempts older than this are debris of a crash and are deleted."
+    )
     cache_dir: str = Field(
         "", description="Local cache for files materialised from S3 (checkpoints). Default: ~/.cache/deepperception."
     )

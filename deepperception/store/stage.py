@@ -1,18 +1,38 @@
-"""Run a stage body at most once per version: the skip-if-done rule every stage shares."""
+"""Run a stage body at most once per version: the skip-if-done rule every stage shares.
+
+Versions a stage produces form a short *retry chain*: the planned version ``v0`` and, when a
+version is *partial* (its metadata says ``failures.failed > 0``), attempt versions salted
+``retry-1``, ``retry-2``, ... A rerun walks the chain, reuses the first complete version, and
+otherwise computes the first missing one, handing the stage the latest partial version as
+``writer.previous`` so it can keep that version's good rows and retry only the failed items.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 from typing import Any, Callable
 
 from pydantic import BaseModel
 
-from deepperception.errors import AlreadyCommittedError, InputDataError
-from deepperception.store.artifacts import ArtifactRef, ArtifactStore, VersionWriter
+from deepperception.errors import AlreadyCommittedError, ArtifactError, InputDataError
+from deepperception.store.artifacts import ArtifactStore, Manifest, VersionWriter
+from deepperception.store.refs import ArtifactRef
 from deepperception.version import code_version
 
 log = logging.getLogger(__name__)
+
+
+def retry_salt(base: str, attempt: int) -> str:
+    """Salt of the ``attempt``-th version of a retry chain (0: the planned version itself).
+
+    >>> retry_salt("", 0), retry_salt("", 2), retry_salt("2026-01-01T00:00:00", 1)
+    ('', 'retry-2', '2026-01-01T00:00:00+retry-1')
+    """
+    if attempt == 0:
+        return base
+    return f"{base}+retry-{attempt}" if base else f"retry-{attempt}"
 
 
 def run_stage(
@@ -27,7 +47,7 @@ def run_stage(
     code: tuple[str, ...] | None = None,
     task_module: str | None = None,
 ) -> tuple[ArtifactRef, bool]:
-    """Produce artifact ``name`` unless the identical version is already committed.
+    """Produce artifact ``name`` unless the identical, complete version is already committed.
 
     ``produce(writer)`` writes the data files and returns manifest metadata; the manifest is
     written only after it returns, and everything is removed if it raises. ``force`` salts the
@@ -35,13 +55,53 @@ def run_stage(
     ``code`` names the library modules the stage runs (their imports are followed) and
     ``task_module`` the thin task module calling it: only that code is in the version id, so
     editing the evaluator never invalidates a trained checkpoint. Returns ``(ref, reused)``.
+
+    A reused version is checked first (manifest parses, every file present with its recorded
+    size). A corrupt one is refused with an error naming the file, unless
+    ``store.settings.repair`` is on: then it is moved to the store's ``_quarantine/`` (kept for
+    inspection, not deleted) and recomputed under the same version id. A partial version
+    (metadata ``failures.failed > 0``) is never reused: see the module docstring.
     """
-    salt = dt.datetime.now(dt.timezone.utc).isoformat() if force else ""
+    base_salt = dt.datetime.now(dt.timezone.utc).isoformat() if force else ""
     version = code_version(code, (task_module,) if task_module else ()) if code else None
-    writer = store.plan(name, stage, config, upstream, salt=salt, code=version)
-    if writer.exists:
-        log.info("stage %s: reusing %s (identical inputs, config and code)", stage, writer.ref)
-        return writer.ref, True
+    previous: ArtifactRef | None = None
+    for attempt in itertools.count():
+        writer = store.plan(name, stage, config, upstream, salt=retry_salt(base_salt, attempt), code=version)
+        manifest = _intact_manifest(store, writer.ref, stage)
+        if manifest is None:
+            writer.previous = previous
+            return _compute(writer, stage, upstream, produce)
+        if not manifest.is_partial:
+            log.info("stage %s: reusing %s (identical inputs, config and code)", stage, writer.ref)
+            return writer.ref, True
+        f = manifest.failures
+        log.info("stage %s: %s is partial (%s of %s items failed); retrying them in the next version",
+                 stage, writer.ref, f.get("failed"), f.get("total"))
+        previous = writer.ref
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _intact_manifest(store: ArtifactStore, ref: ArtifactRef, stage: str) -> Manifest | None:
+    """The committed manifest of ``ref`` if it is intact, ``None`` if there is none (any more)."""
+    if not store.exists(ref):
+        return None
+    problems = store.verify(ref, deep=False)
+    if not problems:
+        return store.manifest(ref)
+    if not store.settings.repair:
+        raise ArtifactError(
+            f"stage {stage}: committed artifact {ref} is corrupt: {'; '.join(problems)}. "
+            f"Rerun with repair (reproduce --repair, or DP_STORE_REPAIR=1) to move it aside and recompute it"
+        )
+    where = store.quarantine(ref)
+    log.warning("stage %s: %s was corrupt (%s); moved to %s, recomputing it", stage, ref, "; ".join(problems), where)
+    return None
+
+
+def _compute(writer: VersionWriter, stage: str, upstream: dict[str, ArtifactRef],
+             produce: Callable[[VersionWriter], dict[str, Any] | None]) -> tuple[ArtifactRef, bool]:
+    if writer.previous is not None:
+        log.info("stage %s: computing %s, repairing the failed items of %s", stage, writer.ref, writer.previous)
     try:
         with writer:
             ref = _produce_and_commit(writer, stage, upstream, produce)

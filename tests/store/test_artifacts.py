@@ -98,7 +98,7 @@ def test_corrupt_file_is_detected_with_names(store):
     with store.plan("t", "s", {}, {}) as w:
         w.write_table(_table(), "data")
         ref = w.commit()
-    path = f"{store._dir(ref.name, ref.version)}/data.parquet"
+    path = store.file_path(ref, "data.parquet")
     with store.fs.open_output_stream(path) as f:
         f.write(b"garbage")
     with pytest.raises(ArtifactError, match=r"t@.*data.parquet is corrupt"):
