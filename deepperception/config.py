@@ -74,6 +74,11 @@ class LabelingStageConfig(_Strict):
     )
     endpoint: EndpointConfig = Field(default_factory=lambda: EndpointConfig(model="Qwen2-VL-7B-Instruct"))
     box_format: Literal["qwen_0_1000", "pixels"] = Field("qwen_0_1000", description="How the labeler model answers.")
+    max_failure_rate: float = Field(
+        0.05, ge=0, le=1,
+        description="Largest fraction of images that may get no box (HTTP error, unparsable reply) before the stage "
+        "fails and commits nothing; a stage with no labeled image always fails. A version with some failures is "
+        "partial: a rerun asks again for the failed images only.")
     options: LabelConfig = Field(default_factory=LabelConfig)
 
 
@@ -84,6 +89,11 @@ class DistillationStageConfig(_Strict):
     endpoint: EndpointConfig = Field(default_factory=EndpointConfig)
     temperature: float = Field(0.7, ge=0)
     max_tokens: int = Field(1024, ge=16)
+    max_failure_rate: float = Field(
+        0.05, ge=0, le=1,
+        description="Largest fraction of questions the teacher may fail (HTTP error, empty CoT) before the stage "
+        "fails and commits nothing; a stage with no CoT always fails. A version with some failures is partial: "
+        "a rerun asks again for the failed questions only.")
     options: DistillConfig = Field(default_factory=DistillConfig)
 
 

@@ -184,6 +184,14 @@ def compose(labeled: pa.Table, cfg: CompositionConfig) -> pa.Table:
         check_box(cols["box"][i], stage=stage, row=cols["image_id"][i])
         by_cat[cat][cols["entity_id"][i]].append(i)
 
+    if not by_cat:
+        # Zero composites would be committed as an empty (but "successful") version; say why instead.
+        in_pool = sum(1 for p in cols["pool"] if p == cfg.pool)
+        unboxed = sum(1 for p, b in zip(cols["pool"], cols["box"]) if p == cfg.pool and b is None)
+        raise InputDataError(
+            f"no labeled image of pool {cfg.pool!r} to compose: {labeled.num_rows} rows, {in_pool} in the pool, "
+            f"{unboxed} of those without a box" + (f", categories restricted to {cfg.categories}" if cfg.categories else ""),
+            stage=stage, field="box")
     image_col = labeled.column("image")
     rows: dict[str, list] = {n: [] for n in COMPOSITES_SCHEMA.names}
     for cat in sorted(by_cat):

@@ -20,6 +20,7 @@ from deepperception import boxes, prompts
 from deepperception.domain.categories import CATEGORIES, describe
 from deepperception.domain.entity import Entity, entities_from_table
 from deepperception.engine.common import BOX_INT, ItemFailed, choose_targets, composite_entities, map_bounded, require_columns
+from deepperception.engine.failures import good_rows
 from deepperception.engine.openai_chat import OpenAIChat
 
 COT_SCHEMA = pa.schema(
@@ -196,13 +197,23 @@ def build_requests(composites: pa.Table, targets_per_composite: int, seed: int) 
     return out
 
 
-def distill(composites: pa.Table, teacher: Teacher, cfg: DistillConfig | None = None) -> pa.Table:
+def distill(composites: pa.Table, teacher: Teacher, cfg: DistillConfig | None = None,
+            previous: pa.Table | None = None) -> pa.Table:
     """CoT rows (schema ``COT_SCHEMA``) for every chosen target; failed items have null
-    ``cot``/``response`` and an ``error`` string."""
+    ``cot``/``response`` and an ``error`` string.
+
+    ``previous`` is the output of an earlier, partly failed attempt: a question whose CoT the
+    same teacher already wrote for the same prompt keeps it, and only the failed questions are
+    sent to the teacher again (a 72B teacher is the expensive part of the data engine)."""
     cfg = cfg or DistillConfig()
     requests = build_requests(composites, cfg.targets_per_composite, cfg.seed)
+    kept = good_rows(previous, "question_id", ["cot", "error", "teacher_backend", "teacher_prompt"],
+                     lambda r: r["error"] is None and bool(r["cot"]) and r["teacher_backend"] == teacher.name)
 
     def one(req: CotRequest) -> tuple[str | None, str | None]:
+        old = kept.get(req.question_id)
+        if old is not None and old["teacher_prompt"] == req.prompt:
+            return old["cot"], None
         try:
             cot = teacher.generate(req)
         except ItemFailed as exc:

@@ -5,7 +5,8 @@ The paper prompts Qwen2-VL-7B with ``Find and give the bounding box of {E}`` on 
 interface: ``OracleLabeler`` reads the synthetic renderer's true box; ``OpenAIGroundingLabeler``
 asks any OpenAI-compatible VLM server and parses the reply with the official evaluator's parser.
 HTTP/parse failures become rows with a null ``box`` and a ``label_error``; the caller decides
-whether a failure rate is acceptable. Bad input (no source box for the oracle, undecodable
+whether a failure rate is acceptable (``deepperception.engine.failures``), and a rerun passes the
+partly failed table back as ``previous`` so only the failed images are asked again. Bad input (no source box for the oracle, undecodable
 image) raises ``InputDataError``.
 """
 
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from deepperception import boxes
 from deepperception.engine.common import BOX_INT, ItemFailed, decode_image, encode_png, map_bounded, require_columns
+from deepperception.engine.failures import good_rows
 from deepperception.engine.openai_chat import OpenAIChat
 from deepperception.errors import InputDataError
 
@@ -123,9 +125,14 @@ class LabelConfig(BaseModel):
     )
 
 
-def label_images(images: pa.Table, labeler: BoxLabeler, cfg: LabelConfig | None = None) -> pa.Table:
+def label_images(images: pa.Table, labeler: BoxLabeler, cfg: LabelConfig | None = None,
+                 previous: pa.Table | None = None) -> pa.Table:
     """Add ``box`` (list<int32>[4], 0-1000, null on failure), ``label_backend`` and ``label_error``
-    (null on success) to an images table; rows keep their order."""
+    (null on success) to an images table; rows keep their order.
+
+    ``previous`` is the output of an earlier, partly failed attempt: its images that got a box
+    from the same backend keep that box and only the others are sent to the labeler again (a
+    model endpoint is the expensive part, and its earlier answers stay valid)."""
     cfg = cfg or LabelConfig()
     require_columns(images, ["image_id", "name", "image", "pool", "source_box_px"], stage="label")
     images = images.filter(pc.is_in(images.column("pool"), pa.array(cfg.pools)))
@@ -137,7 +144,12 @@ def label_images(images: pa.Table, labeler: BoxLabeler, cfg: LabelConfig | None 
     pngs = images.column("image").to_pylist()
     src = images.column("source_box_px").to_pylist()
 
+    kept = good_rows(previous, "image_id", ["box", "label_backend", "label_error"],
+                     lambda r: r["label_error"] is None and r["box"] is not None and r["label_backend"] == labeler.name)
+
     def one(i: int) -> tuple[list[int] | None, str | None]:
+        if ids[i] in kept:
+            return list(kept[ids[i]]["box"]), None
         img = decode_image(pngs[i], stage="label", row=ids[i])
         try:
             return list(labeler.label(img, names[i], source_box_px=src[i])), None

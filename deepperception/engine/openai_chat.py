@@ -19,6 +19,7 @@ class OpenAIChat:
         import openai  # lazy: the offline demo path never needs it
 
         self.model = model
+        self.base_url = base_url
         self._openai = openai
         self._client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
 
@@ -38,7 +39,8 @@ class OpenAIChat:
         except self._openai.APIStatusError as exc:
             raise ItemFailed(f"HTTP {exc.status_code} from {self.model}: {str(exc)[:300]}") from None
         except self._openai.APIError as exc:
-            raise ItemFailed(f"{type(exc).__name__} from {self.model}: {str(exc)[:300]}") from None
+            # Connection errors and timeouts say nothing about where they went: name the endpoint.
+            raise ItemFailed(f"{type(exc).__name__} from {self.model} at {self.base_url}: {str(exc)[:300]}") from None
         if not resp.choices or not resp.choices[0].message.content:
             raise ItemFailed(f"empty reply from {self.model}")
         return resp.choices[0].message.content

@@ -87,7 +87,8 @@ def rl_filter(
     if on_empty not in ("error", "keep_all"):
         raise ConfigError(f"on_empty must be 'error' or 'keep_all', got {on_empty!r}")
     table = grpo_rows if isinstance(grpo_rows, pa.Table) else pa.Table.from_pylist(list(grpo_rows))
-    require_columns(table, ("question_id", "solution"), stage="rl_filter")
+    # No item in, nothing to keep: say so instead of committing an empty GRPO dataset.
+    require_columns(table, ("question_id", "solution"), stage="rl_filter", allow_empty=False)
     qids = table.column("question_id").to_pylist()
     sols = table.column("solution").to_pylist()
     gts = []

@@ -36,6 +36,8 @@ class FakeOpenAIServer:
     calls: list[Call] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)
+    port: int = 0
+    """0 picks a free port; a fixed one brings an endpoint back up where a test found it dead."""
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -81,7 +83,7 @@ class FakeOpenAIServer:
                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
                 })
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
     @staticmethod

@@ -1,0 +1,138 @@
+"""Per-item failures: the failure limit, and retrying only the failed items of a partial attempt
+against a real HTTP server that fails some requests first and answers them later."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from deepperception import boxes
+from deepperception.engine.composition import CompositionConfig, compose
+from deepperception.engine.distillation import OpenAITeacher, distill
+from deepperception.engine.failures import FailureSummary, enforce_failure_limit, summarize
+from deepperception.engine.labeling import OpenAIGroundingLabeler, label_images
+from deepperception.errors import InputDataError, StageFailedError
+from fake_openai_server import FakeOpenAIServer
+
+PROMPT = "Find and give the bounding box of "
+
+
+def _key(img: Image.Image) -> str:
+    return hashlib.sha1(np.asarray(img.convert("RGB")).tobytes()).hexdigest()
+
+
+def test_failure_limit():
+    enforce_failure_limit(FailureSummary(0, 10), stage="label", artifact="a", max_failure_rate=0.0)
+    enforce_failure_limit(FailureSummary(1, 20, ["x: e"]), stage="label", artifact="a", max_failure_rate=0.05)
+    with pytest.raises(StageFailedError, match=r"stage label: 2 of 20 items of a failed \(10.0% > max_failure_rate 5.0%\)"):
+        enforce_failure_limit(FailureSummary(2, 20, ["x: e"]), stage="label", artifact="a", max_failure_rate=0.05)
+    # Zero good items fail whatever the limit; so does an empty result.
+    with pytest.raises(StageFailedError, match="no item succeeded.*x: dead"):
+        enforce_failure_limit(FailureSummary(3, 3, ["x: dead"]), stage="label", artifact="a", max_failure_rate=1.0)
+    with pytest.raises(StageFailedError, match="0 of 0 items"):
+        enforce_failure_limit(FailureSummary(0, 0), stage="distill", artifact="cot", max_failure_rate=1.0)
+    with pytest.raises(ValueError):
+        enforce_failure_limit(FailureSummary(0, 1), stage="s", artifact="a", max_failure_rate=1.5)
+
+
+def test_summary_examples_name_the_items():
+    s = summarize([f"i{n}" for n in range(9)], [None, *[f"err {n}" for n in range(1, 9)]])
+    assert (s.failed, s.total, s.good) == (8, 9, 1)
+    assert s.examples == [f"i{n}: err {n}" for n in range(1, 6)]
+    assert s.to_metadata() == {"failed": 8, "total": 9, "examples": s.examples}
+
+
+class FlakyBoxes:
+    """Responder: the true box, except for images listed in ``failing`` (HTTP 500) while ``down``."""
+
+    def __init__(self, table: pa.Table):
+        self.truth = {}
+        for r in table.to_pylist():
+            img = Image.open(io.BytesIO(r["image"]))
+            self.truth[(r["name"], _key(img))] = boxes.pixels_to_qwen(r["source_box_px"], r["width"], r["height"])
+        self.failing: set[str] = set()
+        self.asked: list[str] = []
+
+    def __call__(self, image, text, req):
+        name, key = text[len(PROMPT):], _key(image)
+        self.asked.append(key)
+        if key in self.failing:
+            return 500
+        x1, y1, x2, y2 = self.truth[(name, key)]
+        return f"{name}({x1},{y1}),({x2},{y2})"
+
+
+def test_label_retry_asks_only_the_failed_images(images):
+    table = images.slice(0, 8)
+    keys = [_key(Image.open(io.BytesIO(b))) for b in table.column("image").to_pylist()]
+    responder = FlakyBoxes(table)
+    responder.failing = {keys[1], keys[6]}
+    with FakeOpenAIServer(responder) as server:
+        labeler = OpenAIGroundingLabeler(base_url=server.base_url, model="vl", max_retries=0, concurrency=3)
+        first = label_images(table, labeler)
+        errors = first.column("label_error").to_pylist()
+        assert [i for i, e in enumerate(errors) if e] == [1, 6]
+        # The endpoint recovers; the retry sends only the two failed images.
+        responder.failing, responder.asked = set(), []
+        second = label_images(table, labeler, previous=first)
+    assert server.problems == []
+    assert sorted(responder.asked) == sorted([keys[1], keys[6]])
+    got = second.drop_columns(["image"]).to_pylist()
+    assert [r["image_id"] for r in got] == table.column("image_id").to_pylist()  # original order
+    for r, k in zip(got, keys):
+        assert r["label_error"] is None and tuple(r["box"]) == responder.truth[(r["name"], k)]
+    assert second.drop_columns(["label_error", "box"]).equals(first.drop_columns(["label_error", "box"]))
+
+
+def test_label_retry_ignores_rows_of_another_backend(images):
+    table = images.slice(0, 3)
+    responder = FlakyBoxes(table)
+    other = table.append_column("box", pa.array([[1, 2, 3, 4]] * 3, pa.list_(pa.int32(), 4))) \
+        .append_column("label_backend", pa.array(["openai:other"] * 3)) \
+        .append_column("label_error", pa.array([None] * 3, pa.string()))
+    with FakeOpenAIServer(responder) as server:
+        labeler = OpenAIGroundingLabeler(base_url=server.base_url, model="vl", max_retries=0, concurrency=1)
+        out = label_images(table, labeler, previous=other)
+    assert len(responder.asked) == 3
+    assert out.column("box").to_pylist() != [[1, 2, 3, 4]] * 3
+
+
+def test_distill_retry_asks_only_the_failed_questions(labeled):
+    composites = compose(labeled, CompositionConfig(composites_per_category=1, k_min=2, k_max=3, tile_size=48))
+    n = composites.num_rows
+    calls: list[str] = []
+    fail: set[str] = set()
+
+    def responder(image, text, req):
+        calls.append(text)
+        if text in fail:
+            return 503
+        return "Planning: look.\nConclusion: " + text[-40:]
+
+    with FakeOpenAIServer(responder) as server:
+        teacher = OpenAITeacher(base_url=server.base_url, model="teacher", max_retries=0, concurrency=2)
+        first = distill(composites, teacher)
+        prompts = first.column("teacher_prompt").to_pylist()
+        assert first.num_rows == n and all(e is None for e in first.column("error").to_pylist())
+        # Second attempt over a table where questions 0 and 2 had failed: only they are asked again.
+        errors = [None] * n
+        errors[0], errors[2] = "HTTP 503 from teacher", "teacher returned an empty CoT"
+        cots = [None if e else c for c, e in zip(first.column("cot").to_pylist(), errors)]
+        partial = first.set_column(first.column_names.index("cot"), "cot", pa.array(cots, pa.string())) \
+            .set_column(first.column_names.index("error"), "error", pa.array(errors, pa.string()))
+        calls.clear()
+        second = distill(composites, teacher, previous=partial)
+    assert sorted(calls) == sorted([prompts[0], prompts[2]])
+    assert second.equals(first)
+
+
+def test_compose_without_any_labeled_box_is_an_input_error(labeled):
+    no_boxes = labeled.set_column(labeled.column_names.index("box"), labeled.schema.field("box"),
+                                  pa.array([None] * labeled.num_rows, labeled.schema.field("box").type))
+    with pytest.raises(InputDataError, match=r"stage=compose field=box.*no labeled image of pool 'train'.*without a box"):
+        compose(no_boxes, CompositionConfig())
