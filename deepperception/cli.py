@@ -1,4 +1,10 @@
-"""``deepperception`` command line: reproduce, inspect artifacts, evaluate."""
+"""``deepperception`` command line: reproduce, inspect artifacts, evaluate.
+
+Errors: every command goes through one handler (:mod:`deepperception.cli_errors`). Bad input
+(a config value, a file, a row, an artifact ref) prints ``error: <what>, <where>`` on stderr and
+exits 2; an unexpected internal error prints ``error: internal error: ...`` and exits 1;
+``deepperception --debug ...`` (or ``DP_DEBUG=1``) adds the traceback.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,34 @@ from typing import Optional
 
 import typer
 
+from deepperception.cli_errors import ErrorHandlingGroup
 from deepperception.store.cli import EndpointOpt, StoreOpt, artifacts_app
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="DeepPerception pipeline.")
+app = typer.Typer(
+    cls=ErrorHandlingGroup, add_completion=False, no_args_is_help=True,
+    help="DeepPerception pipeline.\n\nExit codes: 0 ok; 2 bad input or usage (`error: <what>, <where>` on stderr); "
+         "1 internal error (a bug: rerun with --debug for the traceback).",
+)
 app.add_typer(artifacts_app, name="artifacts")
+
+REPAIR_ENV = "DP_STORE_REPAIR"
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", envvar="DP_DEBUG",
+                               help="Print the full traceback of an error (env DP_DEBUG=1)."),
+) -> None:
+    """DeepPerception pipeline."""
+    # Read by cli_errors.debug_enabled through the click context; nothing to do here.
+
+
+def _announce_server(info) -> None:
+    if info.pid is None:
+        typer.echo(f"prefect: using PREFECT_API_URL={info.api_url}", err=True)
+    else:
+        typer.echo(f"prefect: started a local server for this run at {info.api_url} (pid {info.pid}, log {info.log}); "
+                   "set PREFECT_API_URL to use your own", err=True)
 
 
 @app.command()
@@ -20,22 +50,65 @@ def reproduce(
     s3_endpoint: Optional[str] = EndpointOpt,
     force: list[str] = typer.Option([], "--force", help="Recompute this stage (and what depends on it); repeatable."),
     config_file: Optional[str] = typer.Option(None, "--config", help="JSON/YAML file overriding the profile."),
+    repair: bool = typer.Option(False, "--repair", help="recompute a reused version whose files fail verification"),
 ) -> None:
-    """Run the full reproduction flow (data engine -> SFT -> RL filter -> GRPO -> eval -> report)."""
+    """Run the full reproduction flow (data engine -> SFT -> RL filter -> GRPO -> eval -> report).
+
+    Without PREFECT_API_URL a local Prefect server is started for the run and stopped with it
+    (killed by the kernel even if this process is SIGKILLed); with it, that server is used.
+    """
+    # Validate everything before any side effect: a bad value must never commit an artifact.
+    from deepperception.config import load_config
+
+    cfg = load_config(profile, config_file)
     # The endpoint travels in the environment (tasks, and workers, build their clients from it);
     # the store URI is a flow parameter, visible in the Prefect UI.
     if s3_endpoint:
         os.environ["DP_STORE_S3_ENDPOINT_URL"] = s3_endpoint
+    if repair:
+        os.environ[REPAIR_ENV] = "1"
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from deepperception.config import load_config
-    from flows.reproduce import reproduce as reproduce_flow
+    from deepperception.prefect_server import prefect_api
 
-    cfg = load_config(profile, config_file)
-    result = reproduce_flow(config=cfg, store_uri=store, force_stages=list(force))
+    with prefect_api() as info:
+        _announce_server(info)
+        # Imported only now: Prefect reads PREFECT_API_URL when it is first imported.
+        from flows.reproduce import reproduce as reproduce_flow
+
+        result = reproduce_flow(config=cfg, store_uri=store, force_stages=list(force))
     typer.echo("")
     typer.echo(f"report (markdown): {result['report_markdown']}")
     typer.echo(f"report (json):     {result['report_json']}")
     typer.echo(f"report artifact:   {result['report']}")
+
+
+@app.command("prefect-check", hidden=True)
+def prefect_check(
+    hold: float = typer.Option(0.0, "--hold", help="Seconds to keep the server after the flow ran."),
+) -> None:
+    """Internal: bring up the Prefect API exactly like `reproduce`, run a trivial flow, optionally wait.
+
+    Used by the tests (SIGKILL during --hold must take the server down too) and handy to check
+    a machine: it prints the API URL and `flow ok`.
+    """
+    import time
+
+    from deepperception.prefect_server import prefect_api
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    with prefect_api() as info:
+        _announce_server(info)
+        from prefect import flow
+
+        @flow(name="dp-prefect-check")
+        def _check() -> int:
+            return 42
+
+        assert _check() == 42
+        typer.echo(f"api {info.api_url}")
+        typer.echo("flow ok", err=False)
+        if hold:
+            time.sleep(hold)
 
 
 def _mount_eval() -> None:
@@ -49,7 +122,8 @@ _mount_eval()
 
 
 def main() -> None:  # console-script entry point
-    app()
+    # All error handling lives in ErrorHandlingGroup, shared with in-process callers of `app`.
+    app(prog_name="deepperception")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from deepperception.errors import ConfigError
 
 from deepperception.domain.synthetic import SyntheticDomainConfig
 from deepperception.engine.collection import CollectionConfig
@@ -43,7 +45,7 @@ class ImageFolderSource(_Strict):
     category: str = Field(description="Category name used in the bench (e.g. aircraft).")
     root: str = Field(description="Directory (local path) with one sub-directory per entity.")
     split: Literal["seen", "unseen"] = Field("seen", description="seen = used for training.")
-    max_images_per_entity: int | None = Field(None, description="Cap per entity; None keeps all.")
+    max_images_per_entity: int | None = Field(None, ge=1, description="Cap per entity; None keeps all.")
 
 
 class DataSourceConfig(_Strict):
@@ -54,6 +56,12 @@ class DataSourceConfig(_Strict):
     )
     synthetic: SyntheticDomainConfig = Field(default_factory=SyntheticDomainConfig)
     folders: list[ImageFolderSource] = Field(default_factory=list, description="Used when kind=image_folder.")
+
+    @model_validator(mode="after")
+    def _check_folders(self) -> "DataSourceConfig":
+        if self.kind == "image_folder" and not self.folders:
+            raise ValueError("kind=image_folder needs at least one entry in folders")
+        return self
 
 
 class EndpointConfig(_Strict):
@@ -112,9 +120,21 @@ class BaseModelConfig(_Strict):
     vocab_size: int = Field(1024, ge=256, description="Tiny model: BPE vocabulary trained on the domain's text.")
     hidden: int = Field(64, ge=16)
     layers: int = Field(2, ge=1)
-    image_min_pixels: int = Field(56 * 56)
-    image_max_pixels: int = Field(112 * 112)
+    # Positive and ordered here, at load time: a bad limit used to build and commit the base
+    # checkpoint and only fail later, inside SFT's image resize (`math domain error`).
+    image_min_pixels: int = Field(56 * 56, gt=0, description="Processor min_pixels of the tiny model.")
+    image_max_pixels: int = Field(112 * 112, gt=0, description="Processor max_pixels of the tiny model.")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "BaseModelConfig":
+        if self.image_min_pixels > self.image_max_pixels:
+            raise ValueError(f"image_min_pixels ({self.image_min_pixels}) must be <= image_max_pixels "
+                             f"({self.image_max_pixels})")
+        # build_tiny_qwen2vl uses 4 attention heads and needs an even head_dim.
+        if self.checkpoint is None and self.hidden % 8:
+            raise ValueError(f"hidden ({self.hidden}) must be a multiple of 8 (4 heads, even head_dim)")
+        return self
 
 
 class RLFilterConfig(_Strict):
@@ -179,6 +199,57 @@ class ReproductionConfig(_Strict):
                              f"({self.launch.num_processes})")
         return self
 
+    @model_validator(mode="after")
+    def _check_across_stages(self) -> "ReproductionConfig":
+        # Rules that involve several stages, or fields of stage models whose own constraints allow
+        # values this reproduction cannot use. All are checked here, before the first stage runs,
+        # so a bad value never gets as far as committing an artifact. Every message starts with
+        # the field path.
+        problems: list[str] = []
+        base = self.base_model
+        for stage in ("sft", "grpo"):
+            st = getattr(self, stage)
+            for which in ("image_min_pixels", "image_max_pixels"):
+                v = getattr(st, which)
+                if v is not None and v <= 0:
+                    problems.append(f"{stage}.{which}: must be > 0 (got {v})")
+            if st.max_steps == 0 or st.max_steps < -1:
+                problems.append(f"{stage}.max_steps: must be -1 (use epochs) or >= 1 (got {st.max_steps})")
+        # Effective limits: a stage's None keeps what its input checkpoint has (SFT starts from the
+        # base model, GRPO from SFT's output).
+        lo = base.image_min_pixels if base.checkpoint is None else None
+        hi = base.image_max_pixels if base.checkpoint is None else None
+        for stage in ("sft", "grpo"):
+            st = getattr(self, stage)
+            lo = st.image_min_pixels if st.image_min_pixels is not None else lo
+            hi = st.image_max_pixels if st.image_max_pixels is not None else hi
+            if lo is not None and hi is not None and 0 < hi < lo:
+                problems.append(f"{stage}.image_min_pixels/image_max_pixels: effective min_pixels ({lo}) "
+                                f"> max_pixels ({hi})")
+        if self.sft.max_length is not None and self.sft.max_length < 1:
+            problems.append(f"sft.max_length: must be >= 1 or null (got {self.sft.max_length})")
+        c = self.collection
+        if c.scale_min > c.scale_max:
+            problems.append(f"collection.scale_min ({c.scale_min}) must be <= collection.scale_max ({c.scale_max})")
+        if not 0 < c.test_fraction < 1:
+            problems.append(f"collection.test_fraction: must be strictly between 0 and 1, or the train or the "
+                            f"test pool is empty (got {c.test_fraction})")
+        f = self.filtering
+        if f.min_cot_chars > f.max_cot_chars:
+            problems.append(f"filtering.min_cot_chars ({f.min_cot_chars}) must be <= filtering.max_cot_chars "
+                            f"({f.max_cot_chars})")
+        for name, want in (("compose_train", "train"), ("compose_bench", "test")):
+            comp = getattr(self, name)
+            if comp.pool != want:
+                problems.append(f"{name}.pool: must be {want!r} (got {comp.pool!r}); the bench must not share "
+                                f"images with training")
+            if comp.pool not in self.labeling.options.pools:
+                problems.append(f"labeling.options.pools: must include {comp.pool!r}, which {name} composes from "
+                                f"(got {self.labeling.options.pools})")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
 
 def profile(name: ProfileName) -> ReproductionConfig:
     """Build a named profile."""
@@ -236,27 +307,103 @@ def profile(name: ProfileName) -> ReproductionConfig:
     raise ValueError(f"unknown profile {name!r}; expected toy, demo or paper")
 
 
+class ConfigFileError(ConfigError):
+    """A config override file that cannot be read, parsed or validated; the message names the
+    file, the line (parse errors) or the field path (validation errors)."""
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
+                 fields: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.line = line
+        self.fields = fields or []
+
+
+def validation_lines(exc: ValidationError) -> list[str]:
+    """One ``<field path>: <problem> (got <value>)`` line per error of a pydantic ``ValidationError``.
+
+    >>> try:
+    ...     BaseModelConfig(image_min_pixels=-1)
+    ... except ValidationError as e:
+    ...     print(validation_lines(e))
+    ['image_min_pixels: Input should be greater than 0 (got -1)']
+    """
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+        msg = err["msg"]
+        if err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        elif err["type"] == "extra_forbidden":
+            msg = "unknown setting (not a field of this section; check the spelling)"
+        got = err.get("input")
+        shown = "" if isinstance(got, (dict, list)) or err["type"] in ("value_error", "missing") else f" (got {got!r})"
+        # A model validator reporting several problems puts one per line (see _check_across_stages).
+        for part in f"{msg}{shown}".splitlines():
+            out.append(f"{loc}: {part}" if loc else part)
+    return out
+
+
+def _parse_overrides(path: Path) -> dict[str, Any]:
+    """Read a JSON/YAML override file; every failure names the file (and line where one exists)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigFileError(f"config file {path}: cannot read ({exc.strerror or exc})", path=str(path)) from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigFileError(f"config file {path}, line {line}: not valid UTF-8 (byte "
+                              f"{data[exc.start:exc.start + 1]!r}: {exc.reason})", path=str(path), line=line) from exc
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            overrides = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = mark.line + 1 if mark is not None else None
+            where = f", line {line}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigFileError(f"config file {path}{where}: YAML does not parse ({problem})",
+                                  path=str(path), line=line) from exc
+    else:
+        try:
+            overrides = json.loads(text) if text.strip() else None
+        except json.JSONDecodeError as exc:
+            raise ConfigFileError(f"config file {path}, line {exc.lineno}, column {exc.colno}: JSON does not parse "
+                                  f"({exc.msg})", path=str(path), line=exc.lineno) from exc
+    if overrides is None:  # an empty file overrides nothing
+        return {}
+    if not isinstance(overrides, dict):
+        raise ConfigFileError(f"config file {path}: the top level must be a mapping of settings "
+                              f"(e.g. `sft: {{max_steps: 4}}`), got a {type(overrides).__name__}", path=str(path))
+    return overrides
+
+
 def load_config(profile_name: str = "demo", override_file: str | None = None) -> ReproductionConfig:
-    """A profile, optionally deep-merged with a JSON or YAML file of overrides."""
+    """A profile, optionally deep-merged with a JSON or YAML file of overrides, validated in full.
+
+    This is the only entry point the CLI uses, so every rule of every section (field constraints
+    and model validators) is checked here, before any stage runs. Errors are
+    :class:`ConfigFileError` (a ``ValueError``) naming the file and each bad field path.
+    """
+    if profile_name not in ("toy", "demo", "paper"):
+        raise ConfigFileError(f"unknown profile {profile_name!r}; expected toy, demo or paper")
     cfg = profile(profile_name)  # type: ignore[arg-type]
     if not override_file:
         return cfg
     path = Path(override_file)
-    try:
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            overrides = yaml.safe_load(text) or {}
-        else:
-            overrides = json.loads(text)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"config file {path}: cannot read ({exc})") from exc
+    overrides = _parse_overrides(path)
     merged = _deep_merge(cfg.model_dump(mode="json"), overrides)
     try:
         return ReproductionConfig.model_validate(merged)
-    except ValueError as exc:
-        raise ValueError(f"config file {path}: {exc}") from exc
+    except ValidationError as exc:
+        lines = validation_lines(exc)
+        raise ConfigFileError(f"config file {path} (profile {profile_name}): {len(lines)} invalid setting(s)\n"
+                              + "\n".join(f"  {line}" for line in lines),
+                              path=str(path), fields=lines) from exc
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -13,14 +13,16 @@ from typing import Optional
 
 import typer
 
-from deepperception.errors import PipelineError
+from deepperception.cli_errors import ErrorHandlingGroup
 from deepperception.eval.bootstrap import DEFAULT_RESAMPLES, paired_bootstrap
 from deepperception.eval.groups import DEFAULT_ALL, DEFAULT_SEEN
 from deepperception.eval.io import read_bench_for_scoring, read_outputs, read_run, write_report
 from deepperception.eval.scoring import ScoreResult, score
 
-eval_app = typer.Typer(help="KVG-Bench scoring (official parity + strict + CIs) and run comparison.",
-                       no_args_is_help=True)
+# ErrorHandlingGroup: errors print `error: ...` (exit 2) the same way whether this sub-app runs
+# under the main CLI or on its own (tests invoke it directly).
+eval_app = typer.Typer(cls=ErrorHandlingGroup, no_args_is_help=True,
+                       help="KVG-Bench scoring (official parity + strict + CIs) and run comparison.")
 
 
 def _split(csv: str) -> list[str]:
@@ -58,17 +60,13 @@ def score_cmd(
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
 ) -> None:
     """Score OUTPUTS against BENCH exactly like the official evaluate.py, plus strict scoring and CIs."""
-    try:
-        result = score(
-            read_bench_for_scoring(bench), read_outputs(outputs),
-            seen_categories=_split(seen_categories), all_categories=_split(all_categories),
-            missing=missing, empty_groups=empty_groups, n_resamples=resamples, seed=seed,  # type: ignore[arg-type]
-            artifact=str(bench),
-        )
-        write_report(result, out)
-    except PipelineError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
+    result = score(
+        read_bench_for_scoring(bench), read_outputs(outputs),
+        seen_categories=_split(seen_categories), all_categories=_split(all_categories),
+        missing=missing, empty_groups=empty_groups, n_resamples=resamples, seed=seed,  # type: ignore[arg-type]
+        artifact=str(bench),
+    )
+    write_report(result, out)
     typer.echo(format_score_table(result))
     if result.num_missing:
         typer.echo(f"{result.num_missing} question(s) had no output and were scored as empty answers.")
@@ -85,13 +83,9 @@ def compare_cmd(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Paired bootstrap of A - B accuracy per group over the same questions."""
-    try:
-        a, b = read_run(run_a), read_run(run_b)
-        res = paired_bootstrap(a.predictions, b.predictions, column=column, category_order=a.category_order,
-                               n_resamples=resamples, seed=seed)
-    except PipelineError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
+    a, b = read_run(run_a), read_run(run_b)
+    res = paired_bootstrap(a.predictions, b.predictions, column=column, category_order=a.category_order,
+                           n_resamples=resamples, seed=seed)
     head = f"{'group':<15}{'N':>6}{'A':>8}{'B':>8}{'A-B':>8}  {'95% CI':<17}{'p':>7}"
     typer.echo(f"A = {run_a}\nB = {run_b}\nmetric = {column} (in %)")
     typer.echo(head + "\n" + "-" * len(head))

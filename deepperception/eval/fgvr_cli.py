@@ -17,7 +17,6 @@ from pathlib import Path
 
 import typer
 
-from deepperception.errors import PipelineError
 from deepperception.eval.bootstrap import DEFAULT_RESAMPLES
 from deepperception.eval.cli import eval_app
 from deepperception.eval.fgvr import (
@@ -62,16 +61,13 @@ def fgvr_run_cmd(
     Kill it and run it again: only the missing questions are generated."""
     from deepperception.eval.inference import run_inference
 
-    try:
-        table = read_fgvr_bench(bench)
-        check_fgvr_items(table.select(["question_id", "question", *SCORING_COLUMNS[1:]]), artifact=str(bench))
-        outputs_path = run_inference(table, model, out, backend=backend, batch_size=batch_size,  # type: ignore[arg-type]
-                                     prompt_mode="fgvr", max_new_tokens=max_new_tokens, device=device)
-        result = _score_and_write(table.drop_columns(["image"]), outputs_path, out, resamples=resamples,
-                                  seed=seed, artifact=str(bench))
-    except PipelineError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
+    # Errors are rendered by the CLI's one handler (deepperception.cli_errors).
+    table = read_fgvr_bench(bench)
+    check_fgvr_items(table.select(["question_id", "question", *SCORING_COLUMNS[1:]]), artifact=str(bench))
+    outputs_path = run_inference(table, model, out, backend=backend, batch_size=batch_size,  # type: ignore[arg-type]
+                                 prompt_mode="fgvr", max_new_tokens=max_new_tokens, device=device)
+    result = _score_and_write(table.drop_columns(["image"]), outputs_path, out, resamples=resamples,
+                              seed=seed, artifact=str(bench))
     typer.echo(f"outputs: {outputs_path}")
     _echo(result, out)
 
@@ -86,10 +82,6 @@ def fgvr_score_cmd(
 ) -> None:
     """Score OUTPUTS against an FGVR bench: accuracy per category and overall, 95% bootstrap CIs,
     parse-method counts. Questions without output count as wrong."""
-    try:
-        items = read_fgvr_bench(bench, columns=["question_id", "question", *SCORING_COLUMNS[1:]])
-        result = _score_and_write(items, outputs, out, resamples=resamples, seed=seed, artifact=str(bench))
-    except PipelineError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
+    items = read_fgvr_bench(bench, columns=["question_id", "question", *SCORING_COLUMNS[1:]])
+    result = _score_and_write(items, outputs, out, resamples=resamples, seed=seed, artifact=str(bench))
     _echo(result, out)

@@ -7,7 +7,8 @@ Inputs
     * outputs: ``OUTPUTS.jsonl``, one ``{"question_id": str, "answer": str}`` object per line
       (``answer`` = the raw decoded text; ``output`` is accepted instead, which is what
       ``eval.inference`` writes; other keys such as ``cot`` are ignored). Blank lines are
-      skipped; bad JSON, missing/non-string keys and repeated ids raise an error naming the line.
+      skipped; bad JSON, bytes that are not UTF-8, missing/non-string keys and repeated ids raise
+      an error naming the file and the line (nothing is dropped or replaced silently).
 
 Output directory of one scoring run (``write_report``)
     * ``metrics.json``: the official metrics dict, written exactly like ``evaluate.py``
@@ -84,11 +85,22 @@ def read_outputs(path: str | os.PathLike[str], text_key: str | None = None) -> d
     out: dict[str, str] = {}
     first_line: dict[str, int] = {}
     try:
-        fh = open(p, encoding="utf-8")
+        # Binary, decoded line by line: a text-mode file raises UnicodeDecodeError from inside the
+        # iterator, with neither the file nor the line. Splitting on b"\n" is safe for UTF-8.
+        fh = open(p, "rb")
     except OSError as e:
         raise InputDataError(f"cannot open outputs: {e}", stage="eval.read_outputs", artifact=p) from e
     with fh:
-        for lineno, line in enumerate(fh, start=1):
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputDataError(
+                    f"line {lineno}: not valid UTF-8 at byte {e.start + 1} of the line "
+                    f"({raw[e.start:e.start + 1]!r}: {e.reason}); re-encode the file as UTF-8",
+                    stage="eval.read_outputs", artifact=p, row=lineno) from e
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")  # a UTF-8 BOM is not part of the first record
             if not line.strip():
                 continue
             try:
@@ -166,7 +178,15 @@ def read_run(run_dir: str | os.PathLike[str]) -> Run:
             raise InputDataError(f"{d} is not a scoring run: {name} is missing", stage="eval.read_run", artifact=str(d))
     try:
         metrics = json.loads((d / METRICS_FILE).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise InputDataError(f"metrics.json is not valid JSON: {e}", stage="eval.read_run", artifact=str(d)) from e
-    predictions = pq.read_table(d / PREDICTIONS_FILE).to_pandas()
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputDataError(f"metrics.json is not valid UTF-8 JSON: {e}", stage="eval.read_run",
+                             artifact=str(d / METRICS_FILE)) from e
+    if not isinstance(metrics, dict):
+        raise InputDataError(f"metrics.json must hold a JSON object, got {type(metrics).__name__}",
+                             stage="eval.read_run", artifact=str(d / METRICS_FILE))
+    try:
+        predictions = pq.read_table(d / PREDICTIONS_FILE).to_pandas()
+    except (OSError, pa.ArrowException) as e:
+        raise InputDataError(f"cannot read predictions parquet: {e}", stage="eval.read_run",
+                             artifact=str(d / PREDICTIONS_FILE)) from e
     return Run(path=d, metrics=metrics, predictions=predictions)

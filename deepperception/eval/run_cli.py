@@ -9,7 +9,6 @@ from pathlib import Path
 
 import typer
 
-from deepperception.errors import PipelineError
 from deepperception.eval.cli import _split, eval_app, format_score_table
 from deepperception.eval.groups import DEFAULT_ALL, DEFAULT_SEEN
 
@@ -40,17 +39,14 @@ def run_cmd(
     if baseline and cot:
         raise typer.BadParameter("--baseline and --cot are exclusive")
     mode = "baseline" if baseline else "cot" if cot else prompt
-    try:
-        table = read_bench(bench)
-        outputs_path = run_inference(table, model, out, backend=backend, batch_size=batch_size,  # type: ignore[arg-type]
-                                     prompt_mode=mode, max_new_tokens=max_new_tokens, device=device)  # type: ignore[arg-type]
-        result = score(table, read_outputs(outputs_path), seen_categories=_split(seen_categories),
-                       all_categories=_split(all_categories), empty_groups=empty_groups,  # type: ignore[arg-type]
-                       seed=seed, artifact=str(bench))
-        write_report(result, out)
-    except PipelineError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
+    # Errors are rendered by the CLI's one handler (deepperception.cli_errors).
+    table = read_bench(bench)
+    outputs_path = run_inference(table, model, out, backend=backend, batch_size=batch_size,  # type: ignore[arg-type]
+                                 prompt_mode=mode, max_new_tokens=max_new_tokens, device=device)  # type: ignore[arg-type]
+    result = score(table, read_outputs(outputs_path), seen_categories=_split(seen_categories),
+                   all_categories=_split(all_categories), empty_groups=empty_groups,  # type: ignore[arg-type]
+                   seed=seed, artifact=str(bench))
+    write_report(result, out)
     typer.echo(format_score_table(result))
     typer.echo(f"wrote {outputs_path} and {out}/metrics.json (official format)")
 
