@@ -119,12 +119,38 @@ def _stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
         proc.wait()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_pid_files() -> list[Path]:
+    """Delete pid files whose CLI process is gone (a SIGKILLed CLI cannot remove its own; the
+    kernel already took its server down). Returns the removed paths."""
+    removed = []
+    for f in prefect_home().glob("dp-server-*.json"):
+        try:
+            cli_pid = int(json.loads(f.read_text())["cli_pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if cli_pid != os.getpid() and not _alive(cli_pid):
+            f.unlink(missing_ok=True)
+            removed.append(f)
+    return removed
+
+
 @contextlib.contextmanager
 def local_server(timeout_s: float | None = None) -> Iterator[ServerInfo]:
     """Start a Prefect server child bound to this process (see the module docstring); yield its info."""
     timeout_s = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)) if timeout_s is None else timeout_s
     home = prefect_home()
     home.mkdir(parents=True, exist_ok=True)
+    remove_stale_pid_files()
     me = os.getpid()
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
