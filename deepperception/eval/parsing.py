@@ -50,6 +50,113 @@ GRPO_FORMAT_RE = re.compile(r"<think>[\S\n\t\v ]*?</think>\s*<answer>[\S\n\t\v ]
 # Any complete answer block, across newlines; used to say whether a hit lies inside an answer.
 ANSWER_BLOCK_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
+# ---------------------------------------------------------------------------------------------
+# Linear-time equivalents of the official regexes.
+#
+# Python's backtracking `re` needs super-linear (for #4 about quartic) time on some model outputs:
+# `"(1," * 84` (250 chars) takes ~1 s under #4, 500 chars ~15 s, 20 KB does not finish. The
+# patterns below give the SAME `finditer` hits (start, groups, end) as the official ones, but
+# every quantifier is possessive or bounded by a character class that excludes what follows it,
+# so one attempt never re-scans text, and an attempt that fails consumes the rest of its line so
+# the search never retries the same line from a later start. Why that is exact, pattern by
+# pattern (`.` excludes only "\n", so #1-#7 each live on one line):
+#
+# * #4 ``\((.*?),.*?(.*?)\).*?\((.*?),.*?(.*?)\)`` from a "(" at s: whatever follows each lazy
+#   group begins with `.*?`, so taking the earliest next terminator leaves the most room: g1 ends
+#   at the first ",", g2 at the first ")", then the first "(", g3 ends at the first ",", g4 at the
+#   first ")" (all on the line). If that chain of first occurrences fails from s, the tokens are
+#   not a subsequence of the rest of the line, so every later start on the line fails too: the
+#   alternative ``\([^\n]*`` then consumes the line and marks a non-hit.
+# * #6 ``\[(.*?), (.*?), (.*?), (.*?)\]``: the same with ", " (two chars: a tempered token
+#   "any char but \n, not where ', ' starts") and "]".
+# * #3 ``\((\d*?),.*?(\d*?)\),\((\d*?),(\d*?)\)``: the head ``\(\d*,`` is deterministic (its
+#   comma at k). The tail T = ``\),\(\d*,\d*\)`` is deterministic at each position, and the
+#   backtracking order (outer `.*?` shortest first, then g2 shortest first) picks the FIRST position
+#   u >= k+1 on the line where T matches, with g2 = the digits that end at u, clipped at k+1
+#   (a digit run cannot cross u, whose char is ")"); e.g. "(12,3.5),(20,30)" gives g2 = "5". We
+#   capture text[k+1:u] ("region") and take its digit suffix afterwards. No u on the line: every
+#   later head on the line (they start after k) fails too, so the line is consumed.
+# * #1 / #2: a literal prefix, `.*?`, then #3's body (for #1 with "</answer>" appended to T). The
+#   body is tried at the first viable head after the prefix; if it fails there it fails at every
+#   later head on the line (same argument), so the prefix's `.*?` is "up to the first viable head".
+# * #5 and #7 are kept as they are: each group is a digit run followed by a fixed non-digit
+#   separator, so an attempt is deterministic and attempts from different "["/"(" scan disjoint
+#   text; linear already (benchmarks/bench_parsing.py checks it).
+# * #8 ``\((\d*?), (\d*?)\)\n?.*?\((\d*?), (\d*?)\)``: the head P = ``\(\d*, \d*\)`` is
+#   deterministic; the greedy `\n?` takes a newline if one follows (giving it back never helps:
+#   `.*?` cannot pass that newline and "(" is not one), then the first P at or after that point on
+#   that line. If none, no later head on the line can match either (it would itself be that P),
+#   so a plain `finditer` of the possessive form is already linear.
+#
+# `\d` is used throughout, so digits mean exactly what they mean to `re` (Unicode decimal, e.g.
+# "٣", which float() also accepts). tests/eval/test_parsing_bounded.py proves hit-for-hit
+# equality with the official patterns by property tests wherever the official `re` finishes.
+
+
+def _upto(stop: str) -> str:
+    """Possessive "characters of this line up to the first place where ``stop`` matches"."""
+    return rf"(?:(?!{stop})[^\n])*+"
+
+
+_HEAD = r"\(\d*,"  # "(x1," of #1-#3
+_TAIL3 = r"\),\(\d*,\d*\)"  # "),(x2,y2)" of #2-#3
+_BODY3 = r"\((\d*+),(" + _upto(_TAIL3) + r")\),\((\d*+),(\d*+)\)"
+_BODY1 = r"\((\d*+),(" + _upto(_TAIL3 + "</answer>") + r")\),\((\d*+),(\d*+)\)</answer>"
+_PAIR8 = r"\(\d*, \d*\)"
+_COMMA_SP = _upto(", ")
+
+# One compiled pattern per official regex. Where the official regex needs it, a second
+# alternative (no groups) consumes the rest of the line after a failed start, so group 1 is
+# None for it; see _hits.
+_LINEAR_PATTERNS: tuple[re.Pattern[str], ...] = tuple(re.compile(r) for r in (
+    r"<answer>" + _upto(_HEAD) + _BODY1 + r"|<answer>[^\n]*",
+    r"So the answer is" + _upto(_HEAD) + _BODY3 + r"|So the answer is[^\n]*",
+    _BODY3 + r"|\(\d*,[^\n]*",
+    r"\(([^,\n]*+),([^)\n]*+)\)[^(\n]*+\(([^,\n]*+),([^)\n]*+)\)|\([^\n]*",
+    OFFICIAL_BBOX_REGEXES[4],
+    r"\[(" + _COMMA_SP + "), (" + _COMMA_SP + "), (" + _COMMA_SP + r"), ([^\]\n]*+)\]|\[[^\n]*",
+    OFFICIAL_BBOX_REGEXES[6],
+    r"\((\d*+), (\d*+)\)\n?+" + _upto(_PAIR8) + r"\((\d*+), (\d*+)\)",
+))
+# Official patterns whose group 2 is captured as the "region" before the tail (see #3 above).
+_REGION_G2 = frozenset({0, 1, 2})
+_DIGITS = re.compile(r"\d*")
+# Which official patterns each parser tries, in order (GRPO_BBOX_PATTERNS = official #3, #5, #7, #8).
+_OFFICIAL_INDICES: tuple[int, ...] = tuple(range(len(OFFICIAL_BBOX_REGEXES)))
+_GRPO_INDICES: tuple[int, ...] = (2, 4, 6, 7)
+
+Hit = tuple[tuple[str, str, str, str], tuple[int, int]]
+
+
+def _hit(k: int, m: re.Match[str]) -> Hit:
+    """Groups and group span (start of 1, end of 4) of a real hit of official pattern ``k`` (0-based)."""
+    g1, g2, g3, g4 = m.group(1, 2, 3, 4)
+    if k in _REGION_G2:
+        # g2 is the run of digits that ends the region (reversing makes it a prefix match).
+        g2 = g2[len(g2) - _DIGITS.match(g2[::-1]).end():]
+    return (g1, g2, g3, g4), (m.start(1), m.end(4))
+
+
+def _hits(k: int, text: str) -> list[Hit]:
+    """Every hit ``OFFICIAL_BBOX_PATTERNS[k].finditer(text)`` yields, in linear time.
+
+    >>> _hits(2, "(1,2),(3,4) x (12,3.5),(20,30)")
+    [(('1', '2', '3', '4'), (1, 10)), (('12', '5', '20', '30'), (15, 29))]
+    >>> _hits(3, "(1," * 10_000)   # the official #4 does not finish on this
+    []
+    """
+    return [_hit(k, m) for m in _LINEAR_PATTERNS[k].finditer(text) if m.start(1) >= 0]
+
+
+def _last_hit(k: int, text: str) -> Hit | None:
+    """The last hit only (the only one ``get_bbox`` uses); groups are post-processed once."""
+    last = None
+    for m in _LINEAR_PATTERNS[k].finditer(text):
+        if m.start(1) >= 0:  # -1: the line-skipping alternative matched, not the official pattern
+            last = m
+    return None if last is None else _hit(k, last)
+
+
 NO_MATCH_BOX: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
 
 
@@ -92,14 +199,11 @@ def _cast_groups(groups: tuple[str, ...]) -> tuple[float, float, float, float]:
     return box  # type: ignore[return-value]
 
 
-def _parse_with(patterns: tuple[re.Pattern[str], ...], text: str) -> tuple[tuple[float, float, float, float], int, tuple[int, int] | None]:
-    for i, pattern in enumerate(patterns):
-        last = None
-        # finditer yields exactly the matches re.findall returns (same scan); we keep the last.
-        for last in pattern.finditer(text):
-            pass
-        if last is not None:
-            return _cast_groups(last.groups()), i, (last.start(1), last.end(4))
+def _parse_with(indices: tuple[int, ...], text: str) -> tuple[tuple[float, float, float, float], int, tuple[int, int] | None]:
+    for i, k in enumerate(indices):
+        hit = _last_hit(k, text)
+        if hit is not None:
+            return _cast_groups(hit[0]), i, hit[1]
     return NO_MATCH_BOX, -1, None
 
 
@@ -111,7 +215,7 @@ def official_parse(text: str) -> BoxMatch:
     >>> official_parse("no box")
     BoxMatch(box=(0.0, 0.0, 0.0, 0.0), pattern=0, span=None)
     """
-    box, i, span = _parse_with(OFFICIAL_BBOX_PATTERNS, text)
+    box, i, span = _parse_with(_OFFICIAL_INDICES, text)
     return BoxMatch(box=box, pattern=i + 1, span=span)
 
 
@@ -148,29 +252,111 @@ def grpo_bbox(text: str) -> tuple[list[float], int]:
     >>> grpo_bbox("nothing")
     ([0.0, 0.0, 0.0, 0.0], 0)
     """
-    box, i, _ = _parse_with(GRPO_BBOX_PATTERNS, text)
+    box, i, _ = _parse_with(_GRPO_INDICES, text)
     return list(box), (i + 2 if i >= 0 else 0)
+
+
+# The characters GRPO_ANSWER_RE's class [\S\n\t\v ] leaves out (\f, \r, \x1c-\x1f, \x85, \xa0,
+# U+1680, U+2000-U+200A, U+2028, U+2029, U+202F, U+205F, U+3000): a lazy scan stops at them.
+_NOT_ANSWER_CHAR = re.compile(r"[^\S\n\t\v ]")
+_SPACES = re.compile(r"\s*")
+_OPEN, _CLOSE = "<answer>", "</answer>"
 
 
 def grpo_first_answer(text: str) -> str | None:
     """Content of the first ``<answer>…</answer>`` (newlines allowed), as the GRPO reward takes it.
 
+    Same result as ``GRPO_ANSWER_RE.search(text).group(1)``, in linear time: the regex re-scans
+    the rest of the text from every ``<answer>`` when no ``</answer>`` follows (0.4 s on 20 KB of
+    ``<answer>``). From an ``<answer>`` its lazy body reaches the first ``</answer>`` unless one of
+    the excluded whitespace characters comes first, and then no ``<answer>`` before that
+    character can match either.
+
     >>> grpo_first_answer("<answer>\\n(1,2),(3,4)\\n</answer><answer>x</answer>")
     '\\n(1,2),(3,4)\\n'
     >>> grpo_first_answer("<answer>unclosed") is None
     True
+    >>> grpo_first_answer("<answer>a\\rb</answer><answer>c</answer>")   # \\r is not in [\\S\\n\\t\\v ]
+    'c'
     """
-    m = GRPO_ANSWER_RE.search(text)
-    return m.group(1) if m else None
+    pos, close = 0, -1
+    while True:
+        s = text.find(_OPEN, pos)
+        if s < 0:
+            return None
+        body = s + len(_OPEN)
+        if close < body:  # the first </answer> after the previous body is still the first after this one
+            close = text.find(_CLOSE, body)
+            if close < 0:
+                return None
+        bad = _NOT_ANSWER_CHAR.search(text, body, close)
+        if bad is None:
+            return text[body:close]
+        pos = bad.end()
+
+
+def grpo_format_match(text: str) -> bool:
+    """``bool(GRPO_FORMAT_RE.match(text))`` in linear time (the released format check).
+
+    The regex retries every later ``</think>`` and re-scans for ``</answer>`` each time (0.3 s on
+    20 KB). Here each ``</think>`` is a candidate end of the think body (the body may not pass an
+    excluded whitespace character); ``\\s*`` can only be followed by ``<answer>`` when it takes the
+    whole whitespace run; the answer body must reach the first ``</answer>`` before an excluded
+    character. The first excluded character and the first ``</answer>`` at or after a body start
+    only move forward as the candidates do, so each is searched for once per region.
+
+    >>> grpo_format_match("<think>a</think>\\n<answer>b</answer>")
+    True
+    >>> grpo_format_match(" <think>a</think><answer>b</answer>")   # anchored at the start
+    False
+    >>> grpo_format_match("<think>a</think><answer>b</think> <answer>c</answer>")
+    True
+    """
+    if not text.startswith("<think>"):
+        return False
+    n = len(text)
+    m = _NOT_ANSWER_CHAR.search(text, 7)
+    think_limit = m.start() if m else n
+    bad = close = -1  # first excluded char / first </answer> at or after the current answer body
+    t = text.find("</think>", 7, think_limit)
+    while t >= 0:
+        a = _SPACES.match(text, t + 8).end()
+        if text.startswith(_OPEN, a):
+            body = a + len(_OPEN)
+            if close < body:
+                close = text.find(_CLOSE, body)
+                if close < 0:
+                    return False  # no later candidate can find a </answer> either
+            if bad < body:
+                m = _NOT_ANSWER_CHAR.search(text, body)
+                bad = m.start() if m else n
+            if close < bad:
+                return True
+        t = text.find("</think>", t + 1, think_limit)
+    return False
 
 
 def answer_spans(text: str) -> list[tuple[int, int]]:
     """Character spans of the *contents* of every complete ``<answer>…</answer>`` block.
 
+    Same as ``[m.span(1) for m in ANSWER_BLOCK_RE.finditer(text)]`` (DOTALL, so a block ends at
+    the first ``</answer>``), without the regex re-scanning to the end of the text from every
+    ``<answer>`` that has no ``</answer>`` after it.
+
     >>> answer_spans("a<answer>xy</answer>b<answer>\\nz</answer>")
     [(9, 11), (29, 31)]
     """
-    return [m.span(1) for m in ANSWER_BLOCK_RE.finditer(text)]
+    out: list[tuple[int, int]] = []
+    pos = 0
+    while True:
+        s = text.find(_OPEN, pos)
+        if s < 0:
+            return out
+        close = text.find(_CLOSE, s + len(_OPEN))
+        if close < 0:
+            return out  # no later <answer> is closed either
+        out.append((s + len(_OPEN), close))
+        pos = close + len(_CLOSE)
 
 
 def is_inside_answer(span: tuple[int, int], text: str) -> bool:
