@@ -49,8 +49,45 @@ def artifacts_show(
     from deepperception.store import ArtifactRef
 
     s = _store(store, s3_endpoint)
-    m = s.manifest(ArtifactRef.parse(ref))
+    m = s.manifest(s.resolve(ArtifactRef.parse(ref)))
     typer.echo(m.model_dump_json(indent=2))
     typer.echo(f"# location: {s.location(m.ref)}")
 
 
+
+def _targets(s, target: Optional[str]):
+    """Refs to verify: all committed versions, all of one name, or one ``name@version``."""
+    from deepperception.errors import ArtifactError
+    from deepperception.store.refs import ArtifactRef, check_segment
+
+    if target is None:
+        return sorted(s.refs(), key=str)
+    if "@" in target:
+        return [s.resolve(ArtifactRef.parse(target))]
+    refs = sorted(s.refs(check_segment(target, "artifact name")), key=str)
+    if not refs:
+        raise ArtifactError(f"artifact {target} has no committed version in store {s.uri}")
+    return refs
+
+
+@artifacts_app.command("verify")
+def artifacts_verify(
+    target: Optional[str] = typer.Argument(None, help="NAME or NAME@VERSION (default: every committed version)."),
+    store: Optional[str] = StoreOpt,
+    s3_endpoint: Optional[str] = EndpointOpt,
+    quick: bool = typer.Option(False, "--quick", help="Only check that files exist with their sizes (no re-hash)."),
+) -> None:
+    """Re-hash committed files against their manifests; exit 2 if any version is corrupt."""
+    s = _store(store, s3_endpoint)
+    corrupt = []
+    for ref in _targets(s, target):
+        problems = s.verify(ref, deep=not quick)
+        if problems:
+            corrupt.append(str(ref))
+            typer.echo(f"CORRUPT {ref}: {'; '.join(problems)}")
+        else:
+            typer.echo(f"ok {ref} ({len(s.manifest(ref).files)} files)")
+    if corrupt:
+        # Printed here (not raised) so that the exit status is 2 whichever entry point runs it.
+        typer.echo(f"error: {len(corrupt)} corrupt version(s) in {s.uri}: {', '.join(corrupt)}", err=True)
+        raise typer.Exit(2)

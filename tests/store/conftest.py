@@ -105,3 +105,15 @@ def weed_store_settings(weed_endpoint, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", WEED_KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", WEED_SECRET)
     return StoreSettings(uri=f"s3://{bucket}/runs", s3_endpoint_url=weed_endpoint, cache_dir=str(tmp_path / "cache"))
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    """A fresh store on a local directory and on the moto S3 server."""
+    from deepperception.store import ArtifactStore, StoreSettings
+
+    if request.param == "local":
+        return ArtifactStore(StoreSettings(uri=str(tmp_path / "store"), cache_dir=str(tmp_path / "cache")))
+    uri, endpoint = request.getfixturevalue("s3_store_uri")
+    return ArtifactStore(StoreSettings(uri=uri, s3_endpoint_url=endpoint, cache_dir=str(tmp_path / "cache")))
+

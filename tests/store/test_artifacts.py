@@ -8,14 +8,6 @@ from deepperception.store import ArtifactRef, ArtifactStore, StoreSettings
 from deepperception.store.stage import run_stage
 
 
-@pytest.fixture(params=["local", "s3"])
-def store(request, tmp_path):
-    if request.param == "local":
-        return ArtifactStore(StoreSettings(uri=str(tmp_path / "store")))
-    uri, endpoint = request.getfixturevalue("s3_store_uri")
-    return ArtifactStore(StoreSettings(uri=uri, s3_endpoint_url=endpoint, cache_dir=str(tmp_path / "cache")))
-
-
 def _table(n=3):
     return pa.table({"id": [f"q{i}" for i in range(n)], "x": list(range(n))})
 
