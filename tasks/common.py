@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import pyarrow as pa
+from prefect import get_run_logger
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 
-from deepperception.errors import ArtifactError
+from deepperception.errors import ArtifactError, InputDataError
 from deepperception.store import ArtifactRef, ArtifactStore
 
 # Reuse is decided by our own deterministic artifact versions (inputs + config + code), which
@@ -14,9 +18,35 @@ from deepperception.store import ArtifactRef, ArtifactStore
 TASK_DEFAULTS = dict(cache_policy=NO_CACHE, persist_result=False)
 
 
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run logger, or a plain one when a task body runs outside a run (``task.fn``
+    from a script or a test), so the same body works in both."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("tasks")
+
+
 def open_store(store_uri: str | None) -> ArtifactStore:
     """The store at ``store_uri`` (endpoint/credentials from DP_STORE_* / AWS_* env), or the default."""
     return ArtifactStore.from_uri(store_uri)
+
+
+def read_input_table(store: ArtifactStore, ref: ArtifactRef, consumer: str, table: str = "data") -> pa.Table:
+    """Table ``table`` of the input artifact ``ref``, refusing an empty one.
+
+    An empty table is never valid input to any stage: composing, distilling, training or
+    evaluating on zero rows would only commit another empty version (and an identical rerun
+    would reuse it). Failing here names both the upstream version and the consuming stage.
+    """
+    data = store.read_table(ref, table)
+    if data.num_rows == 0:
+        where = "" if table == "data" else f" (table {table!r})"
+        raise InputDataError(
+            f"input {ref}{where} has no rows; stage {consumer!r} cannot run on an empty table. "
+            f"Rerun the stage that produced {ref.name} (force it if it was committed empty)",
+            stage=consumer, artifact=str(ref))
+    return data
 
 
 def checkpoint_dir(store: ArtifactStore, ref: ArtifactRef) -> Path:

@@ -10,7 +10,7 @@ import os
 from collections import Counter
 
 import pyarrow as pa
-from prefect import get_run_logger, task
+from prefect import task
 
 from deepperception.config import (
     DataSourceConfig,
@@ -20,18 +20,50 @@ from deepperception.config import (
 )
 from deepperception.domain.entity import entities_to_table
 from deepperception.domain.synthetic import mine_entities
-from deepperception.engine import collection, composition, datasets, distillation, filtering, labeling
+from deepperception.engine import collection, composition, datasets, distillation, failures, filtering, labeling
 from deepperception.engine.collection import CollectionConfig
 from deepperception.engine.composition import CompositionConfig
 from deepperception.engine.filtering import FilterConfig
 from deepperception.store import ArtifactRef
 from deepperception.store.stage import run_stage
-from tasks.common import TASK_DEFAULTS, open_store
+from tasks.common import TASK_DEFAULTS, open_store, read_input_table, run_logger
 
 
 def _commit_table(writer, table: pa.Table, **meta) -> dict:
+    failures.require_rows(table, stage=writer.stage, artifact=writer.name)
     writer.write_table(table)
     return {"rows": table.num_rows, **meta}
+
+
+def _previous_attempt(store, writer, logger, id_column: str, error_column: str) -> pa.Table | None:
+    """The table of the latest partial attempt at this version (the store hands it over as
+    ``writer.previous``), whose good rows the stage keeps while it retries the failed ones."""
+    prev = writer.previous
+    if prev is None:
+        return None
+    table = store.read_table(prev)
+    s = failures.summarize_table(table, id_column, error_column)
+    logger.info("%s: %s had %d of %d items failed; keeping the %d good ones and retrying the rest",
+                writer.stage, prev, s.failed, s.total, s.good)
+    return table
+
+
+def _check_failures(writer, logger, table: pa.Table, id_column: str, error_column: str, max_failure_rate: float,
+                    hint: str = "") -> dict:
+    """Fail the stage (commit nothing) past the limit; else the manifest's ``failures`` entry,
+    which makes a version with failed items partial, so a rerun retries them."""
+    s = failures.summarize_table(table, id_column, error_column)
+    failures.enforce_failure_limit(s, stage=writer.stage, artifact=writer.name, max_failure_rate=max_failure_rate,
+                                   hint=hint)
+    if s.failed:
+        logger.warning("%s: %d of %d items of %s failed (within max_failure_rate %.1f%%); committed as a partial "
+                       "version, a rerun retries them. First errors: %s", writer.stage, s.failed, s.total,
+                       writer.name, 100 * max_failure_rate, "; ".join(s.examples))
+    return s.to_metadata()
+
+
+def _endpoint_hint(backend: str, endpoint) -> str:
+    return f" (backend {backend}, endpoint {endpoint.base_url}, model {endpoint.model}: is the server up?)"
 
 
 @task(name="mine-entities", **TASK_DEFAULTS)
@@ -61,7 +93,7 @@ def collect_images_task(
 
     def produce(w):
         if source.kind == "synthetic":
-            table = collection.collect_images(store.read_table(entities), config)
+            table = collection.collect_images(read_input_table(store, entities, "collect"), config)
         else:
             parts = [
                 collection.collect_from_image_folder(
@@ -92,14 +124,15 @@ def label_boxes_task(
     config: LabelingStageConfig, images: ArtifactRef, store_uri: str | None = None, force: bool = False
 ) -> ArtifactRef:
     store = open_store(store_uri)
-    logger = get_run_logger()
+    logger = run_logger()
 
     def produce(w):
-        table = labeling.label_images(store.read_table(images), make_labeler(config), config.options)
-        failed = sum(1 for e in table.column("label_error").to_pylist() if e)
-        if failed:
-            logger.warning("label-boxes: %d of %d images got no box (see label_error)", failed, table.num_rows)
-        return _commit_table(w, table, failed=failed)
+        previous = _previous_attempt(store, w, logger, "image_id", "label_error")
+        table = labeling.label_images(read_input_table(store, images, "label"), make_labeler(config), config.options,
+                                      previous=previous)
+        hint = _endpoint_hint(config.backend, config.endpoint) if config.backend == "openai" else ""
+        found = _check_failures(w, logger, table, "image_id", "label_error", config.max_failure_rate, hint)
+        return _commit_table(w, table, failures=found)
 
     return run_stage(store, "labeled-images", "label", config, {"images": images}, produce, force=force,
                      code=("deepperception.engine.labeling",), task_module=__name__)[0]
@@ -112,7 +145,7 @@ def compose_task(
     store = open_store(store_uri)
 
     def produce(w):
-        table = composition.compose(store.read_table(labeled), config)
+        table = composition.compose(read_input_table(store, labeled, "compose"), config)
         return _commit_table(w, table, layouts=dict(Counter(table.column("layout").to_pylist())))
 
     return run_stage(store, f"composites-{config.pool}", "compose", config, {"labeled": labeled}, produce,
@@ -128,7 +161,7 @@ def build_bench_task(
     store = open_store(store_uri)
 
     def produce(w):
-        comp = store.read_table(composites)
+        comp = read_input_table(store, composites, "build-bench")
         table = datasets.build_bench(comp, config.bench_questions_per_composite, config.seed)
         # Which categories are seen (trained on) travels with the bench, so a later standalone
         # evaluation scores seen/unseen exactly as the reproduction did.
@@ -158,12 +191,16 @@ def distill_cot_task(
     store_uri: str | None = None, force: bool = False,
 ) -> ArtifactRef:
     store = open_store(store_uri)
+    logger = run_logger()
 
     def produce(w):
-        teacher = make_teacher(config, store.read_table(entities))
-        table = distillation.distill(store.read_table(composites), teacher, config.options)
-        failed = sum(1 for e in table.column("error").to_pylist() if e)
-        return _commit_table(w, table, failed=failed)
+        previous = _previous_attempt(store, w, logger, "question_id", "error")
+        comps = read_input_table(store, composites, "distill")
+        teacher = make_teacher(config, read_input_table(store, entities, "distill"))
+        table = distillation.distill(comps, teacher, config.options, previous=previous)
+        hint = _endpoint_hint(config.backend, config.endpoint) if config.backend == "openai" else ""
+        found = _check_failures(w, logger, table, "question_id", "error", config.max_failure_rate, hint)
+        return _commit_table(w, table, failures=found)
 
     return run_stage(store, "cot", "distill", config, {"composites": composites, "entities": entities},
                      produce, force=force,
@@ -175,7 +212,8 @@ def filter_cot_task(config: FilterConfig, cot: ArtifactRef, store_uri: str | Non
     store = open_store(store_uri)
 
     def produce(w):
-        kept, rejected = filtering.filter_cot(store.read_table(cot), config)
+        kept, rejected = filtering.filter_cot(read_input_table(store, cot, "filter"), config)
+        failures.require_rows(kept, stage=w.stage, artifact=w.name)  # rejected may be empty, kept may not
         w.write_table(kept, "data")
         w.write_table(rejected, "rejected")
         reasons = Counter(rejected.column("reason").to_pylist()) if rejected.num_rows else {}
@@ -193,7 +231,8 @@ def build_sft_dataset_task(
     store = open_store(store_uri)
 
     def produce(w):
-        return _commit_table(w, datasets.build_sft_rows(store.read_table(kept), store.read_table(composites)))
+        return _commit_table(w, datasets.build_sft_rows(read_input_table(store, kept, "build-sft"),
+                                                        read_input_table(store, composites, "build-sft")))
 
     return run_stage(store, "sft-dataset", "build-sft", {}, {"cot": kept, "composites": composites},
                      produce, force=force,
@@ -208,7 +247,8 @@ def build_grpo_pool_task(
     store = open_store(store_uri)
 
     def produce(w):
-        table = datasets.build_grpo_rows(store.read_table(composites), config.grpo_targets_per_composite, config.seed)
+        table = datasets.build_grpo_rows(read_input_table(store, composites, "build-grpo"),
+                                         config.grpo_targets_per_composite, config.seed)
         return _commit_table(w, table)
 
     return run_stage(store, "grpo-pool", "build-grpo", config, {"composites": composites}, produce, force=force,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from deepperception.config import EvalStageConfig
@@ -14,7 +15,7 @@ from deepperception.report import EvalSummary, render_json, render_markdown
 from deepperception.store import ArtifactRef
 from deepperception.store.stage import run_stage
 from deepperception.version import code_version, short_hash
-from tasks.common import TASK_DEFAULTS, checkpoint_dir, open_store
+from tasks.common import TASK_DEFAULTS, checkpoint_dir, open_store, read_input_table, run_logger
 
 
 def _artifact_key(text: str) -> str:
@@ -39,6 +40,19 @@ def metrics_rows(metrics: dict, cis: dict | None = None) -> list[dict]:
     return rows
 
 
+def eval_work_dir(store, writer, checkpoint: ArtifactRef, bench: ArtifactRef) -> Path:
+    """Where the evaluation of ``writer``'s version generates (resumable across kills).
+
+    Keyed by what it holds, never by the store's URI string: a relative URI names a different
+    store in another directory, and a wiped and rebuilt store has new checkpoint files under the
+    same deterministic versions. The store's identity (new for a new or wiped store), the
+    version, and its inputs (checkpoint, bench, config hash, code) are the key.
+    """
+    inputs = short_hash({"checkpoint": str(checkpoint), "bench": str(bench), "config": writer.config_hash,
+                         "code": writer.code_version}, 12)
+    return store.settings.local_cache() / "work" / store.identity / writer.name / f"{writer.version}-{inputs}"
+
+
 @task(name="evaluate-checkpoint", **TASK_DEFAULTS)
 def evaluate_task(
     config: EvalStageConfig, label: str, checkpoint: ArtifactRef, bench: ArtifactRef,
@@ -57,7 +71,7 @@ def evaluate_task(
     from deepperception.eval.groups import DEFAULT_ALL, DEFAULT_SEEN
 
     store = open_store(store_uri)
-    logger = get_run_logger()
+    logger = run_logger()
     bench_meta = store.manifest(bench).metadata
     seen_categories = list(seen_categories or bench_meta.get("seen_categories") or DEFAULT_SEEN)
     all_categories = list(all_categories or bench_meta.get("all_categories") or DEFAULT_ALL)
@@ -65,13 +79,14 @@ def evaluate_task(
                  "seen_categories": seen_categories, "all_categories": all_categories}
 
     def produce(w):
-        # A stable work directory per version: a killed evaluation resumes where it stopped.
-        work = store.settings.local_cache() / "work" / short_hash(store.uri, 12) / w.name / w.version
-        bench_table = store.read_table(bench)
+        work = eval_work_dir(store, w, checkpoint, bench)
+        bench_table = read_input_table(store, bench, "evaluate")
+        # The work dir is our scratch space: outputs of another run found there are discarded
+        # (and logged), never an error the user has to clean up by hand.
         outputs_path = run_inference(
             bench_table, checkpoint_dir(store, checkpoint), work, backend=config.backend,
             batch_size=config.batch_size, prompt_mode=config.prompt_mode,
-            max_new_tokens=config.max_new_tokens, device=config.device)
+            max_new_tokens=config.max_new_tokens, device=config.device, stale="recreate")
         result = score(bench_table, read_outputs(outputs_path), seen_categories, all_categories,
                        empty_groups="omit", n_resamples=config.n_resamples, seed=config.seed,
                        artifact=str(bench))

@@ -10,7 +10,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from prefect import get_run_logger, task
+from prefect import task
 
 from deepperception.config import BaseModelConfig, RLFilterConfig
 from deepperception.store import ArtifactRef
@@ -18,7 +18,14 @@ from deepperception.store.stage import run_stage
 from deepperception.training.grpo import GRPOStageConfig
 from deepperception.training.launch import LaunchConfig, run_training
 from deepperception.training.sft import SFTStageConfig
-from tasks.common import TASK_DEFAULTS, checkpoint_dir, open_store, register_external_checkpoint
+from tasks.common import (
+    TASK_DEFAULTS,
+    checkpoint_dir,
+    open_store,
+    read_input_table,
+    register_external_checkpoint,
+    run_logger,
+)
 
 def _tokenizer_corpus(sft_table, grpo_table) -> list[str]:
     """Training-side text only (CoTs, questions, solutions): no bench answers leak in."""
@@ -47,7 +54,8 @@ def build_base_model_task(
     from deepperception.model.tiny import build_tiny_qwen2vl
 
     def produce(w):
-        corpus = _tokenizer_corpus(store.read_table(sft_dataset), store.read_table(grpo_pool))
+        corpus = _tokenizer_corpus(read_input_table(store, sft_dataset, "base-model"),
+                                   read_input_table(store, grpo_pool, "base-model"))
         with tempfile.TemporaryDirectory(prefix="dp-base-") as tmp:
             out = build_tiny_qwen2vl(
                 Path(tmp) / "ckpt", corpus, vocab_size=config.vocab_size, hidden=config.hidden,
@@ -67,11 +75,11 @@ def train_sft_task(
     store_uri: str | None = None, force: bool = False, launch: LaunchConfig | None = None,
 ) -> ArtifactRef:
     store = open_store(store_uri)
-    logger = get_run_logger()
+    logger = run_logger()
 
     def produce(w):
         with tempfile.TemporaryDirectory(prefix="dp-sft-") as tmp:
-            result = run_training("sft", store.read_table(dataset), checkpoint_dir(store, base), Path(tmp) / "ckpt",
+            result = run_training("sft", read_input_table(store, dataset, "sft"), checkpoint_dir(store, base), Path(tmp) / "ckpt",
                                   config, launch)
             logger.info("train-sft: %s", result.metrics)
             w.write_dir(result.checkpoint_dir)
@@ -91,11 +99,11 @@ def rl_filter_task(
     from deepperception.training.rl_filter import rl_filter
 
     store = open_store(store_uri)
-    logger = get_run_logger()
+    logger = run_logger()
 
     def produce(w):
         kept, stats = rl_filter(
-            store.read_table(pool), checkpoint_dir(store, checkpoint), n_samples=config.n_samples,
+            read_input_table(store, pool, "rl-filter"), checkpoint_dir(store, checkpoint), n_samples=config.n_samples,
             keep_min=config.keep_min, keep_max=config.keep_max, on_empty=config.on_empty,
             temperature=config.temperature, max_new_tokens=config.max_new_tokens, seed=config.seed,
             batch_size=config.batch_size, device=config.device)
@@ -117,11 +125,11 @@ def train_grpo_task(
     store_uri: str | None = None, force: bool = False, launch: LaunchConfig | None = None,
 ) -> ArtifactRef:
     store = open_store(store_uri)
-    logger = get_run_logger()
+    logger = run_logger()
 
     def produce(w):
         with tempfile.TemporaryDirectory(prefix="dp-grpo-") as tmp:
-            result = run_training("grpo", store.read_table(dataset), checkpoint_dir(store, checkpoint),
+            result = run_training("grpo", read_input_table(store, dataset, "grpo"), checkpoint_dir(store, checkpoint),
                                   Path(tmp) / "ckpt", config, launch)
             logger.info("train-grpo: %s", result.metrics)
             w.write_dir(result.checkpoint_dir)

@@ -25,12 +25,15 @@ Layout of ``out_dir``::
                     dtype, device, versions, status ("partial" | "complete"), counts and timings.
 
 A restart with a different checkpoint / decoding / prompt mode / backend into the same ``out_dir``
-raises :class:`~deepperception.errors.ConfigError` instead of mixing outputs.
+raises :class:`~deepperception.errors.ConfigError` instead of mixing outputs, unless the caller
+owns ``out_dir`` as scratch space (``stale="recreate"``, the pipeline's work dirs): then the other
+run's outputs are discarded, with a warning, and the run starts over.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -43,10 +46,12 @@ from deepperception.errors import ConfigError, InputDataError
 from deepperception.prompts import PromptMode, user_text
 
 Backend = Literal["hf", "vllm"]
+Stale = Literal["error", "recreate"]
 OUTPUTS = "outputs.jsonl"
 RUN_JSON = "run.json"
 RUN_SCHEMA = "deepperception.inference/v1"
 BENCH_COLUMNS = ("question_id", "question", "image", "answer")
+log = logging.getLogger(__name__)
 # run.json keys that must match for a restart to reuse outputs.jsonl.
 IDENTITY_KEYS = ("checkpoint", "checkpoint_identity", "decoding", "prompt_mode", "backend",
                  "official_preresize", "dtype", "pixel_limits")
@@ -149,17 +154,30 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "transformers": transformers.__version__}
 
 
-def _check_resume(out_dir: Path, meta: dict[str, Any]) -> None:
+def _check_resume(out_dir: Path, meta: dict[str, Any], stale: Stale = "error") -> None:
+    """Refuse (``stale="error"``) or wipe (``"recreate"``) an ``out_dir`` of a different run."""
     p = out_dir / RUN_JSON
     if not p.exists():
         return
-    old = json.loads(p.read_text())
-    diff = [k for k in IDENTITY_KEYS if json.dumps(old.get(k), sort_keys=True) != json.dumps(meta.get(k), sort_keys=True)]
-    if diff:
-        raise ConfigError(
-            f"{out_dir} holds outputs of a different run (differs in {diff}); "
-            "use a fresh out_dir or delete it to start over"
-        )
+    try:
+        old = json.loads(p.read_text())
+        diff = [k for k in IDENTITY_KEYS
+                if json.dumps(old.get(k), sort_keys=True) != json.dumps(meta.get(k), sort_keys=True)]
+    except (ValueError, AttributeError):  # unreadable run.json: no run can be resumed from it
+        diff = ["run.json"]
+    if not diff:
+        return
+    if stale == "recreate":
+        # Scratch space the caller owns (a pipeline work dir), not a user's file: start over.
+        log.warning("%s holds outputs of a different run (differs in %s); discarding them and starting over",
+                    out_dir, diff)
+        for name in (OUTPUTS, RUN_JSON):
+            (out_dir / name).unlink(missing_ok=True)
+        return
+    raise ConfigError(
+        f"{out_dir} holds outputs of a different run (differs in {diff}); "
+        "use a fresh out_dir or delete it to start over"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,6 +305,7 @@ def run_inference(
     max_batches: int | None = None,
     vllm_max_model_len: int = 17920,
     vllm_gpu_memory_utilization: float = 0.9,
+    stale: Stale = "error",
 ) -> Path:
     """Generate one answer per bench question into ``out_dir/outputs.jsonl``; returns its path.
 
@@ -302,6 +321,9 @@ def run_inference(
     evaluator does. ``sort_by_length`` batches similar image sizes together (output order is bench
     order regardless). ``max_batches`` stops after that many batches (a time-boxed partial run:
     ``run.json`` then says ``"status": "partial"``; call again to continue).
+    ``stale`` is what to do when ``out_dir`` holds another run's outputs (its ``run.json`` differs):
+    ``"error"`` (a user's directory: raise ``ConfigError``) or ``"recreate"`` (scratch space the
+    caller owns, e.g. a pipeline's work dir: log, discard them and start over).
     """
     from deepperception.model.generation import decoding_from_generation_config
     from deepperception.model.loading import model_type, read_pixel_limits
@@ -310,6 +332,8 @@ def run_inference(
         raise ConfigError(f"backend must be 'hf' or 'vllm', got {backend!r}")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if stale not in ("error", "recreate"):
+        raise ConfigError(f"stale must be 'error' or 'recreate', got {stale!r}")
     user_text("", prompt_mode)  # validates the mode
     ckpt = Path(ckpt_dir).resolve()
     out = Path(out_dir)
@@ -327,11 +351,23 @@ def run_inference(
         "official_preresize": official_preresize, "dtype": dtype, "device": device,
         "attn_implementation": attn_implementation, "versions": _versions(), "n_questions": len(rows),
     }
-    _check_resume(out, meta)
+    _check_resume(out, meta, stale)
     outputs = out / OUTPUTS
-    done = load_records(outputs)
+    try:
+        done = load_records(outputs)
+    except InputDataError:
+        if stale != "recreate":
+            raise
+        log.warning("%s is corrupt; discarding it and starting over", outputs)
+        outputs.unlink()
+        done = {}
     bench_ids = {r["question_id"] for r in rows}
     stray = sorted(set(done) - bench_ids)
+    if stray and stale == "recreate":
+        log.warning("%s has question ids not in this bench (e.g. %s); discarding it and starting over",
+                    outputs, stray[:3])
+        outputs.unlink()
+        done, stray = {}, []
     if stray:
         raise InputDataError(f"{outputs} has question ids not in this bench (e.g. {stray[:3]}); wrong out_dir?",
                              stage="inference", artifact=str(outputs))
