@@ -172,17 +172,33 @@ def test_dead_teacher_endpoint_commits_no_cot(images):
     assert store.list("cot") == []
 
 
-def _commit_table(store: ArtifactStore, name: str, rows: int) -> ArtifactRef:
-    """A one-column table version; with ``rows=0`` what the old code committed after a dead endpoint."""
+def _commit(store: ArtifactStore, name: str, table: pa.Table) -> ArtifactRef:
     def produce(w):
-        w.write_table(pa.table({"x": pa.array(range(rows), pa.int32())}))
-        return {"rows": rows}
-    return run_stage(store, name, "legacy", {}, {}, produce)[0]
+        w.write_table(table)
+        return {"rows": table.num_rows}
+    return run_stage(store, name, "legacy", {"rows": table.num_rows}, {}, produce)[0]
+
+
+def _empty_inputs(images: pa.Table) -> dict[str, pa.Table]:
+    """Each consumer's input with its real schema and no rows: what the old code committed after a
+    dead endpoint (and then happily consumed, committing the next empty version)."""
+    from deepperception.engine.composition import COMPOSITES_SCHEMA
+    from deepperception.engine.distillation import COT_SCHEMA
+    from deepperception.engine.labeling import OracleLabeler, label_images
+    from deepperception.model.synthetic import synthetic_bench, synthetic_grpo_rows, synthetic_sft_rows
+
+    composites = COMPOSITES_SCHEMA.empty_table()
+    grpo = synthetic_grpo_rows(1).slice(0, 0)
+    return {"compose": label_images(images.slice(0, 1), OracleLabeler()).slice(0, 0),
+            "build-bench": composites, "build-grpo": composites, "distill": composites,
+            "filter": COT_SCHEMA.empty_table(), "build-sft": COT_SCHEMA.empty_table(),
+            "base-model": synthetic_sft_rows(1).slice(0, 0), "sft": synthetic_sft_rows(1).slice(0, 0),
+            "rl-filter": grpo, "grpo": grpo, "evaluate": synthetic_bench(1).slice(0, 0)}
 
 
 _CKPT = ArtifactRef(name="some-checkpoint", version="0000")  # never reached: the input is refused first
 CONSUMERS = {
-    # stage name -> call with (empty input, non-empty side input, store uri)
+    # stage -> call with (the empty input, a non-empty side input, store uri)
     "compose": lambda e, side, uri: engine.compose_task.fn(CompositionConfig(), e, uri),
     "build-bench": lambda e, side, uri: engine.build_bench_task.fn(DatasetsConfig(), e, uri),
     "build-grpo": lambda e, side, uri: engine.build_grpo_pool_task.fn(DatasetsConfig(), e, uri),
@@ -198,12 +214,13 @@ CONSUMERS = {
 
 
 @pytest.mark.parametrize("consumer", list(CONSUMERS))
-def test_an_empty_input_table_is_refused_naming_artifact_and_stage(tmp_path, consumer):
-    uri = str(tmp_path / "store")
-    store = ArtifactStore.from_uri(uri)
-    empty, side = _commit_table(store, "upstream", 0), _commit_table(store, "side", 1)
+def test_an_empty_input_table_is_refused_naming_artifact_and_stage(images, consumer):
+    uri, store, _, table = images
+    before = {(m.name, m.version) for m in store.list()}
+    empty = _commit(store, "upstream", _empty_inputs(table)[consumer])
+    side = _commit(store, "side", pa.table({"x": pa.array([1], pa.int32())}))
     with pytest.raises(InputDataError) as err:
         CONSUMERS[consumer](empty, side, uri)
     assert err.value.artifact == str(empty) and err.value.stage == consumer
     assert f"input {empty} has no rows" in str(err.value)
-    assert sorted(m.name for m in store.list()) == ["side", "upstream"]  # the consumer committed nothing
+    assert {(m.name, m.version) for m in store.list()} == before | {(empty.name, empty.version), (side.name, side.version)}
