@@ -164,3 +164,42 @@ def test_stale_pid_files_are_removed(tmp_path, monkeypatch):
     live.write_text(json.dumps({"pid": 1, "cli_pid": os.getppid()}))
     assert prefect_server.remove_stale_pid_files() == [stale]
     assert live.exists() and not stale.exists()
+
+
+@pytest.mark.parametrize("flag, repair", [([], None), (["--repair"], "1")])
+def test_reproduce_runs_the_flow_inside_the_api_context(flag, repair, monkeypatch, tmp_path):
+    """`reproduce` validates, enters prefect_api, runs the flow with PREFECT_API_URL set, and
+    `--repair` hands DP_STORE_REPAIR=1 to the store."""
+    import contextlib
+
+    import flows.reproduce
+    from typer.testing import CliRunner
+
+    from deepperception.cli import app
+    from deepperception.prefect_server import ServerInfo
+
+    seen = {}
+
+    @contextlib.contextmanager
+    def fake_api():
+        os.environ["PREFECT_API_URL"] = "http://127.0.0.1:1/api"
+        try:
+            yield ServerInfo(api_url="http://127.0.0.1:1/api", pid=4321, log=tmp_path / "log", pid_file=None)
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
+
+    def fake_flow(config, store_uri, force_stages):
+        seen.update(api=os.environ.get("PREFECT_API_URL"), repair=os.environ.get("DP_STORE_REPAIR"),
+                    profile=config.profile, store=store_uri, force=force_stages)
+        return {"report_markdown": "r.md", "report_json": "r.json", "report": "report@x"}
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv("DP_STORE_REPAIR", raising=False)
+    monkeypatch.setattr(prefect_server, "prefect_api", fake_api)
+    monkeypatch.setattr(flows.reproduce, "reproduce", fake_flow)
+    res = CliRunner().invoke(app, ["reproduce", "--profile", "toy", "--store", str(tmp_path), "--force", "sft", *flag])
+    os.environ.pop("DP_STORE_REPAIR", None)  # the command sets it for its (in-process) run
+    assert res.exit_code == 0, res.output
+    assert seen == {"api": "http://127.0.0.1:1/api", "repair": repair, "profile": "toy", "store": str(tmp_path),
+                    "force": ["sft"]}
+    assert "report artifact:   report@x" in res.output

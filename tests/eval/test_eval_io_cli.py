@@ -102,6 +102,33 @@ def test_read_outputs_errors_name_the_line(tmp_path):
     assert read_outputs(p, text_key="output") == {"a": "o"}
 
 
+def test_read_outputs_non_utf8_names_file_and_line_and_keeps_good_text(tmp_path):
+    p = tmp_path / "o.jsonl"
+    p.write_bytes('{"question_id": "a", "answer": "é ✓ 猫"}\n'.encode() + b'{"question_id": "b", "answer": "caf\xe9"}\n')
+    with pytest.raises(InputDataError, match=r"line 2: not valid UTF-8 at byte 36 of the line \(b'\\xe9'") as e:
+        read_outputs(p)
+    assert e.value.row == 2 and e.value.artifact == str(p) and str(p) in str(e.value)
+    # nothing is replaced or dropped: multi-byte text (and a BOM-prefixed first line) read back exactly
+    p.write_bytes(b"\xef\xbb\xbf" + '{"question_id": "a", "answer": "é ✓ 猫\\n"}\r\n{"question_id": "b", "answer": ""}\n'.encode())
+    assert read_outputs(p) == {"a": "é ✓ 猫\n", "b": ""}
+
+
+def test_read_run_bad_files_are_input_errors(tmp_path):
+    b = make_bench({"car": 4, "dog": 2}, seed=2)
+    write_report(score(b, make_outputs(b, seed=2), n_resamples=20, **CATS), tmp_path / "run")
+    (tmp_path / "run" / "metrics.json").write_bytes(b"\xff")
+    with pytest.raises(InputDataError, match="metrics.json is not valid UTF-8 JSON"):
+        read_run(tmp_path / "run")
+    (tmp_path / "run" / "metrics.json").write_text("[1]")
+    with pytest.raises(InputDataError, match="must hold a JSON object"):
+        read_run(tmp_path / "run")
+    (tmp_path / "run" / "metrics.json").write_text("{}")
+    (tmp_path / "run" / "predictions.parquet").write_bytes(b"not parquet")
+    with pytest.raises(InputDataError, match="cannot read predictions parquet") as e:
+        read_run(tmp_path / "run")
+    assert e.value.artifact.endswith("predictions.parquet")
+
+
 def test_read_bench_schema(tmp_path):
     b = make_bench({"car": 3}, seed=0)
     pq.write_table(b, tmp_path / "b.parquet")
