@@ -273,6 +273,22 @@ class ArtifactStore:
         with self.fs.open_input_stream(path) as f:
             return f.read()
 
+    def _overwrite(self, path: str, body: bytes) -> None:
+        """Replace a small file atomically (readers see the old or the new body)."""
+        if self._s3 is not None:
+            with self.fs.open_output_stream(path) as f:  # S3 objects are replaced atomically
+                f.write(body)
+            return
+        tmp = Path(path).with_name(f".{Path(path).name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(body)
+        os.replace(tmp, path)
+
+    def _delete_file(self, path: str) -> None:
+        try:
+            self.fs.delete_file(path)
+        except (FileNotFoundError, OSError):
+            pass
+
     def _delete_dir(self, path: str) -> None:
         try:
             self.fs.delete_dir(path)

@@ -38,6 +38,11 @@ class StoreSettings(BaseSettings):
     attempt_ttl_hours: float = Field(
         48.0, description="Uncommitted writer attempts older than this are debris of a crash and are deleted."
     )
+    lease: bool = Field(
+        True, description="A second run of a version being computed waits for the first instead of computing twice."
+    )
+    lease_ttl_s: float = Field(120.0, description="A lease not renewed for this long is taken over (its owner died).")
+    lease_poll_s: float = Field(1.0, description="How often a waiting run checks the lease and the manifest.")
     cache_dir: str = Field(
         "", description="Local cache for files materialised from S3 (checkpoints). Default: ~/.cache/deepperception."
     )

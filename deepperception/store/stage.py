@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from deepperception.errors import AlreadyCommittedError, ArtifactError, InputDataError
 from deepperception.store.artifacts import ArtifactStore, Manifest, VersionWriter
+from deepperception.store.lease import Lease, NoLease, read_lease, wait_while_leased
 from deepperception.store.refs import ArtifactRef
 from deepperception.version import code_version
 
@@ -67,10 +68,11 @@ def run_stage(
     previous: ArtifactRef | None = None
     for attempt in itertools.count():
         writer = store.plan(name, stage, config, upstream, salt=retry_salt(base_salt, attempt), code=version)
-        manifest = _intact_manifest(store, writer.ref, stage)
+        manifest, lease = _claim(store, writer.ref, stage)
         if manifest is None:
             writer.previous = previous
-            return _compute(writer, stage, upstream, produce)
+            with lease:
+                return _compute(writer, stage, upstream, produce)
         if not manifest.is_partial:
             log.info("stage %s: reusing %s (identical inputs, config and code)", stage, writer.ref)
             return writer.ref, True
@@ -81,11 +83,39 @@ def run_stage(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _claim(store: ArtifactStore, ref: ArtifactRef, stage: str) -> tuple[Manifest | None, Lease | NoLease]:
+    """Either ``ref``'s intact committed manifest (reuse it) or a held lease to compute it.
+
+    While another live run holds the lease, wait for it to commit (or give up and die).
+    """
+    while True:
+        manifest = _intact_manifest(store, ref, stage)
+        if manifest is not None:
+            return manifest, NoLease()
+        if not store.settings.lease:
+            return None, NoLease()
+        lease = Lease.acquire(store, ref)
+        if lease is None:
+            held = read_lease(store, ref)
+            log.info("stage %s: %s is being computed by %s; waiting for it", stage, ref, held.owner if held else "?")
+            wait_while_leased(store, ref)
+            continue
+        if store.exists(ref):  # committed between our check and our lease
+            lease.release()
+            continue
+        return None, lease
+
+
 def _intact_manifest(store: ArtifactStore, ref: ArtifactRef, stage: str) -> Manifest | None:
     """The committed manifest of ``ref`` if it is intact, ``None`` if there is none (any more)."""
     if not store.exists(ref):
         return None
-    problems = store.verify(ref, deep=False)
+    try:
+        problems = store.verify(ref, deep=False)
+    except ArtifactError:
+        if store.exists(ref):
+            raise
+        return None  # quarantined by a concurrent repair meanwhile
     if not problems:
         return store.manifest(ref)
     if not store.settings.repair:

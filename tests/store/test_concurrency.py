@@ -41,12 +41,37 @@ def _write_mine(w, pid: int) -> None:
     w.write_bytes("files/blob.bin", pid.to_bytes(8, "little") * 40_000)
 
 
-def _worker(settings_kwargs: dict, barrier, results, mode: str) -> None:
+def _count_waits(waits) -> None:
+    """Make this process count how often ``run_stage`` waits on another run's lease."""
+    import deepperception.store.stage as stage_mod
+
+    original = stage_mod.wait_while_leased
+
+    def counted(store, ref):
+        with waits.get_lock():
+            waits.value += 1
+        original(store, ref)
+
+    stage_mod.wait_while_leased = counted
+
+
+def _worker(settings_kwargs: dict, barrier, results, mode: str, counters) -> None:
     """Runs in a spawned process: one ``run_stage`` of the shared version."""
     store = ArtifactStore(StoreSettings(**settings_kwargs))
     pid = os.getpid()
+    produced, waits = counters
+    _count_waits(waits)
 
     def produce(w):
+        with produced.get_lock():
+            produced.value += 1
+        if mode == "leased":
+            # Holding the lease: commit only once every other run is waiting on it.
+            deadline = time.monotonic() + 120
+            while waits.value < N - 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            _write_mine(w, pid)
+            return {"writer": pid}
         rank = barrier.wait(timeout=120)  # all N are inside produce: each really computes
         if mode == "free":
             _write_mine(w, pid)
@@ -63,23 +88,28 @@ def _worker(settings_kwargs: dict, barrier, results, mode: str) -> None:
         return {"writer": pid}
 
     try:
+        if mode == "leased":
+            barrier.wait(timeout=120)  # start together
         ref, reused = run_stage(store, NAME, STAGE, CONFIG, {}, produce, code=CODE)
         results.put((pid, str(ref), reused, None))
     except BaseException as exc:  # reported to the parent, which fails the test with it
         results.put((pid, None, None, repr(exc)))
 
 
-def _race(settings: StoreSettings, mode: str) -> list[tuple]:
+def _race(settings: StoreSettings, mode: str) -> tuple[list[tuple], int, int]:
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(N), ctx.Queue()
-    kwargs = {"uri": settings.uri, "s3_endpoint_url": settings.s3_endpoint_url, "cache_dir": settings.cache_dir}
-    procs = [ctx.Process(target=_worker, args=(kwargs, barrier, results, mode)) for _ in range(N)]
+    counters = (ctx.Value("i", 0), ctx.Value("i", 0))
+    # Without the lease every run computes, so the commit protocol itself is what is raced.
+    kwargs = {"uri": settings.uri, "s3_endpoint_url": settings.s3_endpoint_url, "cache_dir": settings.cache_dir,
+              "lease": mode == "leased", "lease_poll_s": 0.1}
+    procs = [ctx.Process(target=_worker, args=(kwargs, barrier, results, mode, counters)) for _ in range(N)]
     for p in procs:
         p.start()
     out = [results.get(timeout=300) for _ in procs]
     for p in procs:
         p.join(timeout=60)
-    return out
+    return out, counters[0].value, counters[1].value
 
 
 def _all_files(store: ArtifactStore, directory: str) -> set[str]:
@@ -87,10 +117,16 @@ def _all_files(store: ArtifactStore, directory: str) -> set[str]:
     return {i.path[len(directory) + 1:] for i in infos if i.type == pafs.FileType.File}
 
 
-@pytest.mark.parametrize("mode", ["ordered", "free"])
+@pytest.mark.parametrize("mode", ["ordered", "free", "leased"])
 def test_racing_writers_of_one_version_leave_exactly_the_winners_data(settings, mode):
-    results = _race(settings, mode)
+    """ordered: the losers write after the winner committed; free: all write, then all commit at
+    once; leased: with leases on, one run computes while the others wait and reuse its version."""
+    results, produced, waits = _race(settings, mode)
     assert [r[3] for r in results] == [None] * N, results
+    if mode == "leased":
+        assert (produced, waits) == (1, N - 1), "one run computes; every other one waits for it"
+    else:
+        assert produced == N
     winners = [r for r in results if r[2] is False]
     assert len(winners) == 1, f"exactly one process must compute-and-commit: {results}"
     assert {r[1] for r in results} == {winners[0][1]}, "every loser must return the winner's ref"
