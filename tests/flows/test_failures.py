@@ -89,3 +89,39 @@ def test_stale_work_dir_is_recreated(prefect_harness, tmp_path, tiny, bench_path
     again, outputs_again = _evaluate(uri, ckpt, bench_path)
     assert again == ev and outputs_again == outputs
     assert json.loads((work / "run.json").read_text())["checkpoint_identity"] == run["checkpoint_identity"]
+
+
+def test_reproduce_with_a_dead_labeler_stops_at_labeling_and_commits_nothing_downstream(prefect_harness, tmp_path):
+    """The issue's scenario end to end: `reproduce` with the openai labeler and nothing listening."""
+    import socket
+    import sys
+    from pathlib import Path
+
+    from deepperception.config import EndpointConfig, profile
+    from deepperception.errors import StageFailedError
+    from flows import stages
+    from flows.reproduce import reproduce
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
+    from fake_openai_server import FakeOpenAIServer
+
+    with socket.socket() as s:  # a real dead endpoint: a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = profile("toy")
+    cfg.labeling.backend = "openai"
+    cfg.labeling.endpoint = EndpointConfig(base_url=f"http://127.0.0.1:{port}/v1", model="vl", timeout_s=10,
+                                           max_retries=0, concurrency=4)
+    uri = str(tmp_path / "store")
+    with pytest.raises(StageFailedError, match=rf"stage label: (\d+) of \1 items of labeled-images failed.*"
+                                               rf"APIConnectionError from vl at http://127.0.0.1:{port}/v1"):
+        reproduce(config=cfg, store_uri=uri)
+    store = ArtifactStore.from_uri(uri)
+    assert sorted(m.name for m in store.list()) == ["entities", "images"]  # no labeled, composites, cot, bench...
+
+    # The labeler is back (a box for everything it is asked): the same stage, same config, succeeds.
+    images = store.latest("images")
+    with FakeOpenAIServer(lambda image, text, req: "(100,100),(900,900)", port=port):
+        labeled = stages.label_boxes(cfg.labeling, images, uri)
+    m = store.manifest(labeled)
+    assert m.metadata["failures"]["failed"] == 0 and m.metadata["rows"] == store.read_table(images).num_rows
