@@ -230,3 +230,86 @@ class TestOutputsAndPolicies:
             rl_filter(rows, None)
         with pytest.raises(ConfigError, match="on_empty"):
             rl_filter(rows, None, samples={"q0": _answers(1), "q1": _answers(1)}, on_empty="drop")  # type: ignore[arg-type]
+
+
+class TestErrorDetailsAndSampling:
+    """What a failed run shows (stage, row, field, message) and what reaches the sampler."""
+
+    def test_errors_name_stage_row_and_field(self):
+        rows = _rows(2)
+        with pytest.raises(InputDataError) as e:
+            rl_filter(rows, None, samples={"q0": _answers(1), "q1": _answers(1)[:3]})
+        assert (e.value.stage, e.value.row, e.value.field) == ("rl_filter", "q1", None)
+        assert str(e.value) == "[stage=rl_filter row=q1] expected 4 samples, got 3"
+        with pytest.raises(InputDataError) as e:
+            rl_filter([{"question_id": "q0", "solution": "<answer>no box</answer>"}, {"question_id": "q1", "solution": None}],
+                      None, samples={"q0": _answers(1)})
+        assert (e.value.stage, e.value.row, e.value.field) == ("rl_filter", "q0", "solution")
+        assert e.value.message == "solution has no <|box_start|>(x1,y1),(x2,y2)<|box_end|>"
+        with pytest.raises(InputDataError) as e:
+            rl_filter([{"question_id": "q1", "solution": None}], None, samples={"q1": _answers(1)})
+        assert (e.value.row, e.value.field) == ("q1", "solution")
+        with pytest.raises(InputDataError) as e:
+            rl_filter([{"question_id": "q0"}], None, samples={"q0": _answers(1)})
+        assert (e.value.stage, e.value.field) == ("rl_filter", "solution")
+
+    def test_an_empty_input_is_an_error_not_an_empty_dataset(self):
+        empty = pa.table({"question_id": pa.array([], pa.string()), "solution": pa.array([], pa.string())})
+        with pytest.raises(InputDataError) as e:
+            rl_filter(empty, None, samples={}, on_empty="keep_all")
+        assert e.value.stage == "rl_filter" and "no rows" in str(e.value)
+
+    def test_config_error_messages(self):
+        rows, samples = _one_item_per_count()
+        with pytest.raises(ConfigError, match=r"need 0 <= keep_min \(3\) <= keep_max \(1\) <= n_samples \(4\)"):
+            rl_filter(rows, None, keep_min=3, keep_max=1, samples=samples)
+        with pytest.raises(ConfigError, match="^rl_filter needs ckpt_dir or precomputed samples$"):
+            rl_filter(rows, None)
+
+    def test_empty_error_message_gives_the_histogram_and_the_way_out(self):
+        rows = _rows(3)
+        samples = {"q0": _answers(0), "q1": _answers(4), "q2": _answers(0)}
+        with pytest.raises(RLFilterEmptyError) as e:
+            rl_filter(rows, None, samples=samples)
+        assert str(e.value) == ("no item has 1..3 of 4 correct (histogram {0: 2, 4: 1}); "
+                                "pass on_empty='keep_all' to train on every item anyway")
+
+    def test_sample_ious_are_float32_lists(self):
+        rows, samples = _one_item_per_count()
+        kept, _ = rl_filter(rows, None, samples=samples)
+        assert kept.schema.field("sample_ious").type == pa.list_(pa.float32())
+
+    def test_decoding_defaults_match_the_config(self):
+        params = inspect.signature(rl_filter).parameters
+        cfg = RLFilterConfig()
+        for name in ("temperature", "max_new_tokens", "batch_size", "device", "seed"):
+            assert params[name].default == getattr(cfg, name), name
+        assert (cfg.temperature, cfg.max_new_tokens, cfg.batch_size, cfg.device, cfg.seed) == (1.0, 512, 8, "cpu", 0)
+        # plain sampling: no top-k / top-p truncation unless asked for
+        assert (params["top_k"].default, params["top_p"].default) == (0, 1.0)
+
+    def test_sampler_gets_the_table_checkpoint_and_every_decoding_setting(self, monkeypatch):
+        from deepperception.eval import inference
+
+        calls = []
+
+        def fake_sample_answers(rows, ckpt_dir, **kw):
+            calls.append((rows, ckpt_dir, kw))
+            qids = rows.column("question_id").to_pylist()
+            return {q: _answers(int(q[1:]) % 4, kw["n"]) for q in qids}
+
+        monkeypatch.setattr(inference, "sample_answers", fake_sample_answers)
+        rows, _ = _one_item_per_count()
+        kept, stats = rl_filter(rows, "ckpt/stage1", n_samples=4, temperature=0.7, top_k=5, top_p=0.9,
+                                max_new_tokens=64, seed=3, batch_size=2, device="cuda:1")
+        (table, ckpt, kw), = calls
+        assert isinstance(table, pa.Table) and table.column("question_id").to_pylist() == [f"q{i}" for i in range(5)]
+        assert ckpt == "ckpt/stage1"
+        assert kw == {"n": 4, "temperature": 0.7, "max_new_tokens": 64, "seed": 3, "batch_size": 2, "top_k": 5,
+                      "top_p": 0.9, "device": "cuda:1"}
+        assert kept.column("question_id").to_pylist() == ["q1", "q2", "q3"]  # q4: 4 % 4 = 0 correct
+        assert stats["checkpoint"] == "ckpt/stage1"
+        calls.clear()
+        rl_filter(rows, "ckpt/stage1")
+        assert calls[0][2] == {"n": 4, "temperature": 1.0, "max_new_tokens": 512, "seed": 0, "batch_size": 8,
+                               "top_k": 0, "top_p": 1.0, "device": "cpu"}
