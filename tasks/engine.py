@@ -129,7 +129,7 @@ def label_boxes_task(
     def produce(w):
         previous = _previous_attempt(store, w, logger, "image_id", "label_error")
         table = labeling.label_images(read_input_table(store, images, "label"), make_labeler(config), config.options,
-                                      previous=previous)
+                                      previous=previous, max_failure_rate=config.max_failure_rate)
         hint = _endpoint_hint(config.backend, config.endpoint) if config.backend == "openai" else ""
         found = _check_failures(w, logger, table, "image_id", "label_error", config.max_failure_rate, hint)
         return _commit_table(w, table, failures=found)
@@ -197,7 +197,8 @@ def distill_cot_task(
         previous = _previous_attempt(store, w, logger, "question_id", "error")
         comps = read_input_table(store, composites, "distill")
         teacher = make_teacher(config, read_input_table(store, entities, "distill"))
-        table = distillation.distill(comps, teacher, config.options, previous=previous)
+        table = distillation.distill(comps, teacher, config.options, previous=previous,
+                                     max_failure_rate=config.max_failure_rate)
         hint = _endpoint_hint(config.backend, config.endpoint) if config.backend == "openai" else ""
         found = _check_failures(w, logger, table, "question_id", "error", config.max_failure_rate, hint)
         return _commit_table(w, table, failures=found)

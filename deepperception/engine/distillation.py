@@ -20,7 +20,7 @@ from deepperception import boxes, prompts
 from deepperception.domain.categories import CATEGORIES, describe
 from deepperception.domain.entity import Entity, entities_from_table
 from deepperception.engine.common import BOX_INT, ItemFailed, choose_targets, composite_entities, map_bounded, require_columns
-from deepperception.engine.failures import good_rows
+from deepperception.engine.failures import FailureBudget, good_rows
 from deepperception.engine.openai_chat import OpenAIChat
 
 COT_SCHEMA = pa.schema(
@@ -198,27 +198,37 @@ def build_requests(composites: pa.Table, targets_per_composite: int, seed: int) 
 
 
 def distill(composites: pa.Table, teacher: Teacher, cfg: DistillConfig | None = None,
-            previous: pa.Table | None = None) -> pa.Table:
+            previous: pa.Table | None = None, max_failure_rate: float | None = None) -> pa.Table:
     """CoT rows (schema ``COT_SCHEMA``) for every chosen target; failed items have null
     ``cot``/``response`` and an ``error`` string.
 
     ``previous`` is the output of an earlier, partly failed attempt: a question whose CoT the
     same teacher already wrote for the same prompt keeps it, and only the failed questions are
-    sent to the teacher again (a 72B teacher is the expensive part of the data engine)."""
+    sent to the teacher again (a 72B teacher is the expensive part of the data engine). Once more
+    than ``max_failure_rate`` of the questions failed, the rest are not sent (their ``error`` says
+    so): the stage fails anyway."""
     cfg = cfg or DistillConfig()
     requests = build_requests(composites, cfg.targets_per_composite, cfg.seed)
     kept = good_rows(previous, "question_id", ["cot", "error", "teacher_backend", "teacher_prompt"],
                      lambda r: r["error"] is None and bool(r["cot"]) and r["teacher_backend"] == teacher.name)
 
+    budget = FailureBudget(len(requests), max_failure_rate)
+
     def one(req: CotRequest) -> tuple[str | None, str | None]:
         old = kept.get(req.question_id)
         if old is not None and old["teacher_prompt"] == req.prompt:
             return old["cot"], None
+        if budget.exhausted:
+            return None, budget.skip_message()
         try:
             cot = teacher.generate(req)
         except ItemFailed as exc:
+            budget.record_failure()
             return None, str(exc)
-        return (cot, None) if cot and cot.strip() else (None, "teacher returned an empty CoT")
+        if cot and cot.strip():
+            return cot, None
+        budget.record_failure()
+        return None, "teacher returned an empty CoT"
 
     results = map_bounded(one, requests, cfg.concurrency or teacher.concurrency)
     rows: dict[str, list] = {n: [] for n in COT_SCHEMA.names}

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from deepperception import boxes
 from deepperception.engine.common import BOX_INT, ItemFailed, decode_image, encode_png, map_bounded, require_columns
-from deepperception.engine.failures import good_rows
+from deepperception.engine.failures import FailureBudget, good_rows
 from deepperception.engine.openai_chat import OpenAIChat
 from deepperception.errors import InputDataError
 
@@ -126,13 +126,15 @@ class LabelConfig(BaseModel):
 
 
 def label_images(images: pa.Table, labeler: BoxLabeler, cfg: LabelConfig | None = None,
-                 previous: pa.Table | None = None) -> pa.Table:
+                 previous: pa.Table | None = None, max_failure_rate: float | None = None) -> pa.Table:
     """Add ``box`` (list<int32>[4], 0-1000, null on failure), ``label_backend`` and ``label_error``
     (null on success) to an images table; rows keep their order.
 
     ``previous`` is the output of an earlier, partly failed attempt: its images that got a box
     from the same backend keep that box and only the others are sent to the labeler again (a
-    model endpoint is the expensive part, and its earlier answers stay valid)."""
+    model endpoint is the expensive part, and its earlier answers stay valid). Once more than
+    ``max_failure_rate`` of the images failed, the rest are not sent (their ``label_error`` says
+    so): the stage fails anyway, and a dead endpoint would otherwise cost every request's retries."""
     cfg = cfg or LabelConfig()
     require_columns(images, ["image_id", "name", "image", "pool", "source_box_px"], stage="label")
     images = images.filter(pc.is_in(images.column("pool"), pa.array(cfg.pools)))
@@ -147,13 +149,18 @@ def label_images(images: pa.Table, labeler: BoxLabeler, cfg: LabelConfig | None 
     kept = good_rows(previous, "image_id", ["box", "label_backend", "label_error"],
                      lambda r: r["label_error"] is None and r["box"] is not None and r["label_backend"] == labeler.name)
 
+    budget = FailureBudget(images.num_rows, max_failure_rate)
+
     def one(i: int) -> tuple[list[int] | None, str | None]:
         if ids[i] in kept:
             return list(kept[ids[i]]["box"]), None
+        if budget.exhausted:
+            return None, budget.skip_message()
         img = decode_image(pngs[i], stage="label", row=ids[i])
         try:
             return list(labeler.label(img, names[i], source_box_px=src[i])), None
         except ItemFailed as exc:
+            budget.record_failure()
             return None, str(exc)
         except InputDataError as exc:
             raise InputDataError(exc.message, stage="label", row=ids[i], field=exc.field) from None

@@ -14,7 +14,7 @@ from PIL import Image
 from deepperception import boxes
 from deepperception.engine.composition import CompositionConfig, compose
 from deepperception.engine.distillation import OpenAITeacher, distill
-from deepperception.engine.failures import FailureSummary, enforce_failure_limit, summarize
+from deepperception.engine.failures import FailureSummary, enforce_failure_limit, summarize, summarize_table
 from deepperception.engine.labeling import OpenAIGroundingLabeler, label_images
 from deepperception.errors import InputDataError, StageFailedError
 from fake_openai_server import FakeOpenAIServer
@@ -136,3 +136,55 @@ def test_compose_without_any_labeled_box_is_an_input_error(labeled):
                                   pa.array([None] * labeled.num_rows, labeled.schema.field("box").type))
     with pytest.raises(InputDataError, match=r"stage=compose field=box.*no labeled image of pool 'train'.*without a box"):
         compose(no_boxes, CompositionConfig())
+
+
+def test_labeling_stops_asking_once_past_the_failure_limit(images):
+    table = images.slice(0, 8)
+    asked: list[str] = []
+
+    def responder(image, text, req):
+        asked.append(text)
+        return 500
+
+    with FakeOpenAIServer(responder) as server:
+        labeler = OpenAIGroundingLabeler(base_url=server.base_url, model="vl", max_retries=0, concurrency=1)
+        out = label_images(table, labeler, max_failure_rate=0.25)  # 2 of 8 may fail; the 3rd ends it
+    assert len(asked) == 3
+    errors = out.column("label_error").to_pylist()
+    assert all("HTTP 500" in e for e in errors[:3])
+    assert all(e.startswith("not attempted: 3 items had already failed") for e in errors[3:])
+    s = summarize_table(out, "image_id", "label_error")
+    assert (s.failed, s.skipped, s.total) == (8, 5, 8) and all("HTTP 500" in e for e in s.examples)
+    with pytest.raises(StageFailedError, match=r"3 of 8 items of labeled-images failed \(more than max_failure_rate "
+                                               r"25.0% allows; 5 more not attempted\).*HTTP 500"):
+        enforce_failure_limit(s, stage="label", artifact="labeled-images", max_failure_rate=0.25)
+    # Without a limit every image is asked (the library's default).
+    asked.clear()
+    with FakeOpenAIServer(responder) as server:
+        label_images(table, OpenAIGroundingLabeler(base_url=server.base_url, model="vl", max_retries=0, concurrency=1))
+    assert len(asked) == 8
+
+
+class CountingTeacher:
+    name = "counting"
+    concurrency = 1
+
+    def __init__(self, reply: str = ""):
+        self.calls = 0
+        self.reply = reply
+
+    def generate(self, request):
+        self.calls += 1
+        return self.reply  # empty: a failed item
+
+
+def test_distillation_stops_asking_once_past_the_failure_limit(labeled):
+    composites = compose(labeled, CompositionConfig(composites_per_category=2, k_min=2, k_max=2, tile_size=32))
+    teacher = CountingTeacher()
+    out = distill(composites, teacher, max_failure_rate=0.0)
+    assert teacher.calls == 1 and out.num_rows == composites.num_rows > 1
+    assert out.column("error").to_pylist()[0] == "teacher returned an empty CoT"
+    assert summarize_table(out, "question_id", "error").skipped == out.num_rows - 1
+    ok = CountingTeacher("Planning: fine.")
+    assert distill(composites, ok, max_failure_rate=0.0).column("error").null_count == out.num_rows
+    assert ok.calls == out.num_rows

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import socket
 import sys
 from pathlib import Path
@@ -90,9 +91,9 @@ class Grounder:
         return f"{name}({x1},{y1}),({x2},{y2})"
 
 
-def _labeling(port: int, **kw) -> LabelingStageConfig:
+def _labeling(port: int, concurrency: int = 2, **kw) -> LabelingStageConfig:
     return LabelingStageConfig(backend="openai", endpoint=EndpointConfig(
-        base_url=f"http://127.0.0.1:{port}/v1", model="vl", timeout_s=10, max_retries=0, concurrency=2), **kw)
+        base_url=f"http://127.0.0.1:{port}/v1", model="vl", timeout_s=10, max_retries=0, concurrency=concurrency), **kw)
 
 
 def test_dead_labeling_endpoint_commits_nothing_and_the_rerun_succeeds(images):
@@ -102,8 +103,10 @@ def test_dead_labeling_endpoint_commits_nothing_and_the_rerun_succeeds(images):
     with pytest.raises(StageFailedError) as err:
         engine.label_boxes_task.fn(cfg, ref, uri)
     msg = str(err.value)
-    assert "stage label" in msg and "labeled-images" in msg and f"{table.num_rows} of {table.num_rows} items" in msg
-    assert "APIConnectionError" in msg and f"127.0.0.1:{port}" in msg  # names the endpoint failure
+    # The first failures end it (the limit is passed; the other images are not sent to a dead server).
+    assert re.search(rf"stage label: [12] of {table.num_rows} items of labeled-images failed \(more than "
+                     r"max_failure_rate 5.0% allows; 1[01] more not attempted\)", msg), msg
+    assert f"APIConnectionError from vl at http://127.0.0.1:{port}/v1" in msg  # names the endpoint failure
     assert store.list("labeled-images") == []  # nothing a rerun could reuse
 
     # The endpoint comes up where it was missing; the same command (same config) now succeeds.
@@ -147,15 +150,20 @@ def test_partly_failed_labeling_is_partial_and_the_rerun_asks_only_the_failed_im
     assert server.problems == []
 
 
-def test_labeling_over_the_failure_limit_commits_nothing(images):
+def test_labeling_over_the_failure_limit_commits_nothing_and_stops_asking(images):
     uri, store, ref, table = images
     grounder = Grounder(table)
-    grounder.failing = {_key(b) for b in table.column("image").to_pylist()[:2]}  # 2 of 12 = 16.7% > 5%
+    keys = [_key(b) for b in table.column("image").to_pylist()]
+    grounder.failing = {keys[3], keys[5]}  # 10% of 12 allows one failure; the second one passes the limit
+    ids = table.column("image_id").to_pylist()
     with FakeOpenAIServer(grounder) as server:
-        cfg = _labeling(int(server.base_url.rsplit(":", 1)[1].split("/")[0]))
-        with pytest.raises(StageFailedError, match=r"2 of 12 items of labeled-images failed \(16.7% > max_failure_rate 5.0%\)"
-                                                   r".*HTTP 500"):
+        cfg = _labeling(int(server.base_url.rsplit(":", 1)[1].split("/")[0]), concurrency=1, max_failure_rate=0.1)
+        with pytest.raises(StageFailedError, match=r"2 of 12 items of labeled-images failed \(more than max_failure_rate "
+                                                   r"10.0% allows; 6 more not attempted\); nothing was committed\. "
+                                                   rf"First errors: {re.escape(ids[3])}: HTTP 500.*; "
+                                                   rf"{re.escape(ids[5])}: HTTP 500"):
             engine.label_boxes_task.fn(cfg, ref, uri)
+    assert grounder.asked == keys[:6]  # one failure was allowed (10% of 12); the second ended it
     assert store.list("labeled-images") == []
 
 
@@ -165,9 +173,9 @@ def test_dead_teacher_endpoint_commits_no_cot(images):
     comps = engine.compose_task.fn(CompositionConfig(pool="train", composites_per_category=2, tile_size=48), labeled, uri)
     entities = ArtifactRef.parse(store.manifest(ref).upstream["entities"])
     cfg = DistillationStageConfig(backend="openai", endpoint=EndpointConfig(
-        base_url=f"http://127.0.0.1:{_closed_port()}/v1", model="teacher", timeout_s=10, max_retries=0))
-    with pytest.raises(StageFailedError, match=r"stage distill: \d+ of \d+ items of cot failed \(no item succeeded\)"
-                                               r".*APIConnectionError"):
+        base_url=f"http://127.0.0.1:{_closed_port()}/v1", model="teacher", timeout_s=10, max_retries=0, concurrency=1))
+    with pytest.raises(StageFailedError, match=r"stage distill: 1 of 2 items of cot failed \(more than max_failure_rate"
+                                               r" 5.0% allows; 1 more not attempted\).*APIConnectionError from teacher"):
         engine.distill_cot_task.fn(cfg, comps, entities, uri)
     assert store.list("cot") == []
 
