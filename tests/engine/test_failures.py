@@ -188,3 +188,16 @@ def test_distillation_stops_asking_once_past_the_failure_limit(labeled):
     ok = CountingTeacher("Planning: fine.")
     assert distill(composites, ok, max_failure_rate=0.0).column("error").null_count == out.num_rows
     assert ok.calls == out.num_rows
+
+
+@pytest.mark.parametrize("stage_config", ["LabelingStageConfig", "DistillationStageConfig"])
+def test_max_failure_rate_is_a_validated_fraction(stage_config):
+    import deepperception.config as config
+    from pydantic import ValidationError
+
+    cls = getattr(config, stage_config)
+    assert cls().max_failure_rate == 0.05 and cls(max_failure_rate=1).max_failure_rate == 1.0
+    assert "max_failure_rate" in cls.model_fields and cls.model_fields["max_failure_rate"].description
+    for bad in (-0.01, 1.01):
+        with pytest.raises(ValidationError, match="max_failure_rate"):
+            cls(max_failure_rate=bad)
