@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from deepperception.cli_errors import ErrorHandlingGroup
+from deepperception.cli_errors import ErrorHandlingGroup, debug_enabled, hide_console_tracebacks
 from deepperception.store.cli import EndpointOpt, StoreOpt, artifacts_app
 
 app = typer.Typer(
@@ -32,7 +32,8 @@ def _root(
                                help="Print the full traceback of an error (env DP_DEBUG=1)."),
 ) -> None:
     """DeepPerception pipeline."""
-    # Read by cli_errors.debug_enabled through the click context; nothing to do here.
+    if debug:  # also for code that has no click context (library logging, worker subprocesses)
+        os.environ["DP_DEBUG"] = "1"
 
 
 def _announce_server(info) -> None:
@@ -75,6 +76,8 @@ def reproduce(
         # Imported only now: Prefect reads PREFECT_API_URL when it is first imported.
         from flows.reproduce import reproduce as reproduce_flow
 
+        if not debug_enabled():
+            hide_console_tracebacks()  # a failed stage ends in our one `error:` line instead
         result = reproduce_flow(config=cfg, store_uri=store, force_stages=list(force))
     typer.echo("")
     typer.echo(f"report (markdown): {result['report_markdown']}")
@@ -85,6 +88,7 @@ def reproduce(
 @app.command("prefect-check", hidden=True)
 def prefect_check(
     hold: float = typer.Option(0.0, "--hold", help="Seconds to keep the server after the flow ran."),
+    fail: bool = typer.Option(False, "--fail", help="Make the flow raise bad-input error (tests the error path)."),
 ) -> None:
     """Internal: bring up the Prefect API exactly like `reproduce`, run a trivial flow, optionally wait.
 
@@ -100,8 +104,15 @@ def prefect_check(
         _announce_server(info)
         from prefect import flow
 
+        if not debug_enabled():
+            hide_console_tracebacks()
+
         @flow(name="dp-prefect-check")
         def _check() -> int:
+            if fail:
+                from deepperception.errors import InputDataError
+
+                raise InputDataError("requested failure", stage="prefect-check", row=7)
             return 42
 
         assert _check() == 42

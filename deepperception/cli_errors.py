@@ -30,6 +30,8 @@ still read what went wrong from ``result.exception``.
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
 import sys
 import traceback
@@ -123,6 +125,37 @@ def handle(exc: BaseException, ctx: typer.Context | None = None) -> CliExit:
     message, code = render_error(exc)
     typer.echo(message, err=True)
     return CliExit(code, message)
+
+
+class _WithoutTraceback(logging.Formatter):
+    """Formats a copy of the record without its exception, so only this handler loses it."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info or record.exc_text or record.stack_info:
+            record = copy.copy(record)
+            record.exc_info = record.exc_text = record.stack_info = None
+        return self.inner.format(record)
+
+
+def hide_console_tracebacks() -> int:
+    """Keep tracebacks off the terminal for libraries that log them (Prefect logs every failed
+    flow run's traceback): console handlers print the message only; other handlers (Prefect's
+    API log, hence the UI) keep the full record. Call after the library set up its logging;
+    returns how many handlers were changed. ``--debug`` skips this."""
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    changed = 0
+    for lg in loggers:
+        for h in lg.handlers:
+            is_console = type(h) is logging.StreamHandler or type(h).__name__ == "PrefectConsoleHandler"
+            if is_console and not isinstance(h.formatter, _WithoutTraceback):
+                h.setFormatter(_WithoutTraceback(h.formatter or logging.Formatter()))
+                changed += 1
+    return changed
 
 
 class ErrorHandlingGroup(TyperGroup):

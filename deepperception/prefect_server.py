@@ -183,6 +183,23 @@ def local_server(timeout_s: float | None = None) -> Iterator[ServerInfo]:
         pid_file.unlink(missing_ok=True)
 
 
+def _drain_prefect_senders(timeout_s: float = 15.0) -> None:
+    """Flush Prefect's background log and event senders while our server still answers; left to
+    Prefect's own exit hook they would run after the server is stopped ("Error logging to API")."""
+    if "prefect" not in sys.modules:
+        return
+    try:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+    except ImportError:  # pragma: no cover - moved in another Prefect version: nothing to flush
+        return
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=timeout_s)
+        except Exception:  # noqa: BLE001 - best effort: losing a log line must not fail the run
+            pass
+
+
 @contextlib.contextmanager
 def prefect_api() -> Iterator[ServerInfo]:
     """The Prefect API for this run: ``PREFECT_API_URL`` if set, else a :func:`local_server`.
@@ -205,4 +222,5 @@ def prefect_api() -> Iterator[ServerInfo]:
             else:
                 yield info
         finally:
+            _drain_prefect_senders()
             os.environ.pop("PREFECT_API_URL", None)

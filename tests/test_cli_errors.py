@@ -185,3 +185,34 @@ def test_yaml_error_without_a_file_still_has_the_line():
         yaml.safe_load("a: [1\n")
     msg, code = render_error(e.value)
     assert code == 2 and "line 2" in msg and msg.startswith("error: YAML does not parse")
+
+
+def test_hide_console_tracebacks_only_touches_console_handlers():
+    import io
+    import logging
+
+    from deepperception.cli_errors import hide_console_tracebacks
+
+    class Keeper(logging.Handler):  # stands for Prefect's API log handler (the UI keeps tracebacks)
+        def __init__(self):
+            super().__init__()
+            self.texts = []
+
+        def emit(self, record):
+            self.texts.append(self.format(record))
+
+    log = logging.getLogger("dp-test-hide")
+    log.propagate = False
+    console_stream = io.StringIO()
+    console, keeper = logging.StreamHandler(console_stream), Keeper()
+    log.handlers = [console, keeper]
+    try:
+        assert hide_console_tracebacks() >= 1
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("stage failed")
+        assert console_stream.getvalue() == "stage failed\n"
+        assert "Traceback" in keeper.texts[0] and "ValueError: boom" in keeper.texts[0]
+    finally:
+        log.handlers = []

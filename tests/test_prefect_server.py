@@ -203,3 +203,15 @@ def test_reproduce_runs_the_flow_inside_the_api_context(flag, repair, monkeypatc
     assert seen == {"api": "http://127.0.0.1:1/api", "repair": repair, "profile": "toy", "store": str(tmp_path),
                     "force": ["sft"]}
     assert "report artifact:   report@x" in res.output
+
+
+@pytest.mark.slow
+def test_failed_flow_ends_in_one_error_line_not_a_traceback(tmp_path):
+    """Prefect logs a failed run's traceback; on the terminal only the message stays, the CLI's
+    `error:` line comes last, and no log/event is still being sent to the stopped server."""
+    res = subprocess.run([*CLI, "prefect-check", "--fail"], env=_env(tmp_path / "prefect"), text=True,
+                         capture_output=True, timeout=STARTUP_S)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == "error: [stage=prefect-check row=7] requested failure"
+    assert "Encountered exception during execution" in res.stderr  # Prefect's own line, message kept
+    assert "Traceback" not in res.stderr and "Error logging to API" not in res.stderr
