@@ -102,3 +102,11 @@ def test_show_refuses_a_ref_outside_the_store(tmp_path):
     assert "'../outside'" in (res.output + str(res.exception))
     res = CliRunner().invoke(app, ["artifacts", "verify", "../outside", "--store", str(tmp_path / "store")])
     assert res.exit_code != 0 and "'../outside'" in (res.output + str(res.exception))
+
+
+def test_artifacts_verify_on_an_empty_store_and_an_unknown_name(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["artifacts", "verify", "--store", str(tmp_path / "s")])
+    assert res.exit_code == 0 and "no artifacts in" in res.output
+    res = runner.invoke(app, ["artifacts", "verify", "bench", "--store", str(tmp_path / "s")])
+    assert res.exit_code != 0 and "bench has no committed version" in (res.output + str(res.exception))

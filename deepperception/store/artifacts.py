@@ -310,11 +310,16 @@ class ArtifactStore:
         if self._identity is None:
             path = self._path(STORE_FILE)
             body = json.dumps({"identity": uuid.uuid4().hex, "created_at": _utcnow().isoformat()}).encode()
-            self._create_exclusive(path, body)  # a concurrent creator may win: read back either way
+            create_error: Exception | None = None
+            try:
+                self._create_exclusive(path, body)  # a concurrent creator may win: read back either way
+            except Exception as exc:  # e.g. read-only credentials: an existing identity still works
+                create_error = exc
             try:
                 self._identity = str(json.loads(self._read_small(path))["identity"])
             except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise ArtifactError(f"store {self.uri}: identity file {path} is unreadable: {exc}") from exc
+                why = f" and could not be created ({create_error})" if create_error else ""
+                raise ArtifactError(f"store {self.uri}: identity file {path} is unreadable ({exc}){why}") from exc
         return self._identity
 
     # ---- reading ---------------------------------------------------------------------------

@@ -80,7 +80,10 @@ def artifacts_verify(
     """Re-hash committed files against their manifests; exit 2 if any version is corrupt."""
     s = _store(store, s3_endpoint)
     corrupt = []
-    for ref in _targets(s, target):
+    targets = _targets(s, target)
+    if not targets:
+        typer.echo(f"no artifacts in {s.uri}")
+    for ref in targets:
         problems = s.verify(ref, deep=not quick)
         if problems:
             corrupt.append(str(ref))

@@ -125,11 +125,11 @@ def test_losing_a_commit_race_keeps_the_winner(store):
         first.write_table(_table(), "data")
         second.__enter__()  # started before the first committed
         ref = first.commit()
-    second.write_table(_table(), "data")
+    second.write_table(_table(5), "data")  # different bytes: they must not reach the winner's version
     with pytest.raises(ArtifactError, match="already committed"):
         with second:
             second.commit()
-    assert store.read_table(ref).num_rows == 3
+    assert store.read_table(ref).num_rows == 3 and store.verify(ref) == []
 
 
 def test_run_stage_treats_a_concurrent_commit_as_reuse(store):
