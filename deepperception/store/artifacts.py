@@ -38,7 +38,7 @@ from typing import Any, Callable
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from deepperception.errors import AlreadyCommittedError, ArtifactError, InvalidRefError
 from deepperception.store.refs import ArtifactRef, check_relpath, check_segment
@@ -65,6 +65,12 @@ class FileEntry(BaseModel):
     key: str | None = Field(
         None, description="Where the bytes are, relative to the version directory (default: path)."
     )
+
+    @field_validator("path", "key")
+    @classmethod
+    def _inside_version(cls, v: str | None) -> str | None:
+        # A tampered manifest must not point readers outside its version directory.
+        return v if v is None else check_relpath(v, "file path in a manifest")
 
     @property
     def location(self) -> str:

@@ -58,3 +58,19 @@ def test_latest_resolves_to_the_newest_committed_version(tmp_path):
             refs.append(w.commit())
     assert store.resolve(ArtifactRef.parse("t@latest")) == refs[1]
     assert store.resolve(refs[0]) == refs[0]
+
+
+def test_a_tampered_manifest_cannot_point_outside_its_version(tmp_path):
+    store = ArtifactStore(StoreSettings(uri=str(tmp_path / "store")))
+    (tmp_path / "secret.bin").write_bytes(b"secret")
+    with store.plan("t", "s", {}, {}) as w:
+        w.write_bytes("files/a.bin", b"secret")
+        ref = w.commit()
+    manifest = tmp_path / "store" / ref.name / ref.version / "_manifest.json"
+    body = manifest.read_text()
+    key = store.manifest(ref).file("files/a.bin").key
+    manifest.write_text(body.replace(key, "../../../secret.bin"))
+    with pytest.raises(ArtifactError, match="manifest .* is corrupt"):
+        store.read_bytes(ref, "files/a.bin")
+    (problem,) = store.verify(ref)
+    assert problem.startswith("manifest:") and "'../../../secret.bin'" in problem
