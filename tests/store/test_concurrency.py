@@ -19,6 +19,8 @@ import pytest
 from deepperception.store import ArtifactStore, StoreSettings
 from deepperception.store.stage import run_stage
 
+pytestmark = pytest.mark.slow  # N spawned interpreters per test: tens of seconds on two cores
+
 N = 4
 NAME, STAGE, CONFIG = "race", "train_stage", {"k": 1}
 # A small, stable code scope: the version id must not move while the checkout is being edited.
