@@ -73,7 +73,6 @@ def reproduce(
 
     with prefect_api() as info:
         _announce_server(info)
-        # Imported only now: Prefect reads PREFECT_API_URL when it is first imported.
         from flows.reproduce import reproduce as reproduce_flow
 
         if not debug_enabled():

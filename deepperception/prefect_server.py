@@ -23,7 +23,9 @@ and late-run services off), and:
   pid>.json`` while it runs, so an operator (or a test) can find the server it belongs to.
 
 An explicitly set ``PREFECT_API_URL`` is respected: :func:`prefect_api` uses it and starts
-nothing. On systems without ``prctl`` (not Linux) the child is still stopped at normal exit.
+nothing. "Set" means wherever Prefect reads it from: the environment, or the active Prefect profile
+(``prefect config set PREFECT_API_URL=...``) and Prefect's other settings files. On systems without
+``prctl`` (not Linux) the child is still stopped at normal exit.
 """
 
 from __future__ import annotations
@@ -200,27 +202,44 @@ def _drain_prefect_senders(timeout_s: float = 15.0) -> None:
             pass
 
 
+def configured_api_url() -> str | None:
+    """``PREFECT_API_URL`` from the environment, else as Prefect resolves it (profile, files)."""
+    given = os.environ.get("PREFECT_API_URL")
+    if given:
+        return given
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().api.url or None
+
+
+def _point_prefect_at(url: str | None) -> None:
+    """Make an already imported Prefect see ``url`` (None: unset) in every thread: Prefect reads
+    its settings once, at import, into a process-global context that this rebuilds."""
+    if url is None:
+        os.environ.pop("PREFECT_API_URL", None)
+    else:
+        os.environ["PREFECT_API_URL"] = url
+    from prefect.context import refresh_global_settings_context
+
+    refresh_global_settings_context()
+
+
 @contextlib.contextmanager
 def prefect_api() -> Iterator[ServerInfo]:
-    """The Prefect API for this run: ``PREFECT_API_URL`` if set, else a :func:`local_server`.
-
-    Sets ``PREFECT_API_URL`` in the environment for the duration (and in Prefect's settings
-    context when Prefect is already imported, since it reads its settings at import time).
-    """
-    given = os.environ.get("PREFECT_API_URL")
+    """The Prefect API for this run: the configured one (see :func:`configured_api_url`), else a
+    :func:`local_server`, which Prefect is pointed at for the duration."""
+    given = configured_api_url()
     if given:
         yield ServerInfo(api_url=given, pid=None, log=None, pid_file=None)
         return
     with local_server() as info:
-        os.environ["PREFECT_API_URL"] = info.api_url
+        _point_prefect_at(info.api_url)
         try:
-            if "prefect" in sys.modules:
-                from prefect.settings import PREFECT_API_URL, temporary_settings
+            from prefect.settings import PREFECT_API_URL, temporary_settings
 
-                with temporary_settings(updates={PREFECT_API_URL: info.api_url}):
-                    yield info
-            else:
+            # Also in this thread's own context, in case a caller entered one (tests do).
+            with temporary_settings(updates={PREFECT_API_URL: info.api_url}):
                 yield info
         finally:
             _drain_prefect_senders()
-            os.environ.pop("PREFECT_API_URL", None)
+            _point_prefect_at(None)

@@ -103,6 +103,12 @@ def test_explicit_api_url_is_used_and_nothing_is_started(tmp_path, monkeypatch):
         assert res.returncode == 0, res.stderr
         assert f"api {srv.api_url}" in res.stdout and "flow ok" in res.stdout
         assert "using PREFECT_API_URL" in res.stderr and "started a local server" not in res.stderr
+        # set in the active Prefect profile instead of the environment: respected just the same
+        (home / "profiles.toml").write_text(f'active = "mine"\n[profiles.mine]\nPREFECT_API_URL = "{srv.api_url}"\n')
+        res = subprocess.run([*CLI, "prefect-check"], env=_env(home), text=True, capture_output=True,
+                             timeout=STARTUP_S)
+        assert res.returncode == 0, res.stderr
+        assert f"api {srv.api_url}" in res.stdout and "started a local server" not in res.stderr
         # the only pid file is this test's own server's: the CLI recorded (hence started) none
         assert [p.name for p in home.glob("dp-server-*.json")] == [pid_file_for(os.getpid()).name]
     # a normal exit stops the server and removes its pid file
