@@ -74,6 +74,10 @@ class ScoreResult:
     seen_categories: list[str]
     all_categories: list[str]
 
+    def predictions_table(self) -> pa.Table:
+        """:attr:`predictions` as the Arrow table to write to ``predictions.parquet``; see :func:`predictions_table`."""
+        return predictions_table(self.predictions)
+
     def summary(self) -> dict[str, Any]:
         """Run-level facts for ``report.json``."""
         return {
@@ -85,6 +89,31 @@ class ScoreResult:
             "all_categories": self.all_categories,
             "match_pattern_counts": self.pattern_counts,
         }
+
+
+def predictions_table(predictions: pd.DataFrame) -> pa.Table:
+    """A predictions frame as an Arrow table that keeps NaN coordinates as NaN.
+
+    ``pa.Table.from_pandas`` turns every float NaN into null, also inside the box lists, but the
+    official per-sample ``<category>.json`` holds ``NaN`` where its ``float()`` read "nan" (e.g.
+    ``[nan, 1, 2, 3]`` via regex #6), and null would read back as ``None``. Float and list-of-float
+    columns are therefore rebuilt with ``from_pandas=False`` (NaN stays NaN, ``None`` stays null);
+    the schema and its pandas metadata are unchanged, so ``to_pandas()`` reads the same frame back.
+
+    >>> df = pd.DataFrame({"pred_bbox": [[float("nan"), 1.0, 2.0, 3.0], None], "iou": [0.0, 0.5]})
+    >>> predictions_table(df).column("pred_bbox").to_pylist()
+    [[nan, 1.0, 2.0, 3.0], None]
+    >>> pa.Table.from_pandas(df).column("pred_bbox").to_pylist()    # what from_pandas alone gives
+    [[None, 1.0, 2.0, 3.0], None]
+    """
+    table = pa.Table.from_pandas(predictions, preserve_index=False)
+    for i, field in enumerate(table.schema):
+        t = field.type
+        if pa.types.is_floating(t) or (pa.types.is_list(t) and pa.types.is_floating(t.value_type)):
+            col = predictions[field.name]
+            values = col.to_numpy() if pa.types.is_floating(t) else col.tolist()
+            table = table.set_column(i, field, pa.array(values, type=t, from_pandas=False))
+    return table
 
 
 def _bad_rows(kind: str, rows: list[tuple[int, str, str]], field_name: str, artifact: str | None) -> InputDataError:
