@@ -14,6 +14,12 @@ Both keep every quirk on purpose (number-for-number parity is the point): groups
 ``[0, 0, 0, 0]`` that is still reported under the pattern that matched; a box whose four numbers
 sum to less than 4 is taken as 0-1 normalized and multiplied by 1000. Boxes are never clamped,
 reordered or validated (that is :mod:`deepperception.eval.strict`'s job).
+
+The official regexes are kept (``OFFICIAL_BBOX_REGEXES``, ``GRPO_BBOX_REGEXES``) as the
+definition, but not run: they backtrack for seconds to hours on some outputs (``"(1," * 84``
+takes a second under #4). The parsers run linear-time equivalents that give the same hits
+(same box, pattern number and span); see the comment above ``_LINEAR_PATTERNS`` for why each is
+exact and ``tests/eval/test_parsing_bounded.py`` for the property tests against ``re``.
 """
 
 from __future__ import annotations
