@@ -109,7 +109,7 @@ def render_error(exc: BaseException) -> tuple[str, int]:
             return f"error: {msg}", USER_ERROR
     if isinstance(exc, (PipelineError, ValueError)):
         code = getattr(exc, "exit_code", USER_ERROR)
-        return f"error: {exc}", code if isinstance(code, int) else USER_ERROR
+        return f"error: {str(exc).strip() or type(exc).__name__}", code if isinstance(code, int) else USER_ERROR
     if isinstance(exc, _PATH_ERRORS) and exc.filename is not None:
         return f"error: {exc.strerror or exc}: {exc.filename}", USER_ERROR
     text = str(exc).strip().splitlines()
