@@ -34,10 +34,20 @@ sys.path.insert(0, str(ROOT / "tests" / "eval"))
 # Imported here, before any fork, so a restarted worker does not pay for importing torch again.
 import official_reference as ref  # noqa: E402
 
-from deepperception.eval.parsing import grpo_bbox, grpo_first_answer, grpo_format_match, official_bbox  # noqa: E402
+from deepperception.eval.parsing import (  # noqa: E402
+    NO_MATCH_BOX,
+    OFFICIAL_BBOX_PATTERNS,
+    _cast_groups,
+    grpo_bbox,
+    grpo_first_answer,
+    grpo_format_match,
+    official_bbox,
+    official_parse,
+)
 from deepperception.eval.scoring import score  # noqa: E402
 from deepperception.eval.strict import strict_parse  # noqa: E402
 from deepperception.eval.synthetic import make_bench  # noqa: E402
+from deepperception.eval.synthetic import make_outputs as synthetic_outputs  # noqa: E402
 
 N_OUTPUTS = 1336
 
@@ -129,11 +139,46 @@ class Official:
         self.proc.join()
 
 
+def regex_parse(text: str):
+    """The previous implementation: the official compiled regexes, last finditer hit of the first that hits."""
+    for i, pattern in enumerate(OFFICIAL_BBOX_PATTERNS):
+        last = None
+        for last in pattern.finditer(text):
+            pass
+        if last is not None:
+            return _cast_groups(last.groups()), i + 1, (last.start(1), last.end(4))
+    return NO_MATCH_BOX, 0, None
+
+
+def normal_outputs_section(repeats: int) -> None:
+    """The 1,336 seeded outputs of bench_scoring.py: linear parsers vs the regexes they replace."""
+    bench = make_bench(seed=0)
+    texts = list(synthetic_outputs(bench, seed=0).values())
+
+    def run(f):
+        best = math.inf
+        for _ in range(repeats):
+            t = time.perf_counter()
+            out = [f(x) for x in texts]
+            best = min(best, time.perf_counter() - t)
+        return best, out
+
+    t_re, by_re = run(regex_parse)
+    t_lin, by_lin = run(lambda x: tuple(official_parse(x).__dict__.values()))
+    same = [repr(a) for a in by_re] == [repr(b) for b in by_lin]
+    print(f"normal outputs (eval.synthetic.make_outputs seed 0, {len(texts)}): official regexes {t_re * 1000:.1f} ms, "
+          f"linear {t_lin * 1000:.1f} ms (best of {repeats}); identical box/pattern/span: {same}")
+    if not same:
+        raise SystemExit("PARITY FAILURE on normal outputs")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--official-max-len", type=int, default=600)
     ap.add_argument("--cap", type=float, default=1.0, help="seconds per output for the official parser")
+    ap.add_argument("--repeats", type=int, default=5, help="repeats for the normal-outputs timing (best of)")
     args = ap.parse_args()
+    normal_outputs_section(args.repeats)
 
     bench = make_bench(seed=0)
     qids = bench.column("question_id").to_pylist()

@@ -271,3 +271,7 @@ def test_answer_helpers_and_strict_on_long_inputs():
     assert not grpo_format_match(think + "\r</answer>")
     assert strict_mod.strict_parse("<answer>(" + _rep("a,") + "</answer>").reason == "no_box"
     assert strict_mod.strict_parse("<answer>(" + _rep("a,") + ")</answer>").reason == "malformed"
+    # _BOX_RE is linear already (every part is bounded by a separator); pinned on long inputs too
+    assert strict_mod.strict_parse("<answer>" + _rep("(1,") + "</answer>").reason == "no_box"
+    assert strict_mod.strict_parse("<answer>" + _rep("( 1 , 2 ) , ") + "</answer>").reason == "degenerate"
+    assert strict_mod.strict_parse("<answer>" + _rep("[1, 2, 3, ") + "4]</answer>").box == (1.0, 2.0, 3.0, 4.0)
