@@ -134,7 +134,7 @@ def test_corrupt_input_artifact_is_refused_by_name(prefect_harness, tmp_path):
     cfg = profile("toy")
     store = ArtifactStore(StoreSettings(uri=uri))
     entities = stages.mine_entities(cfg.data, uri)
-    path = f"{store._dir(entities.name, entities.version)}/data.parquet"
+    path = store.file_path(entities, "data.parquet")
     with open(path, "r+b") as f:
         f.seek(10)
         f.write(b"\xff\xff\xff\xff")
