@@ -154,7 +154,7 @@ def test_every_mounted_group_uses_the_one_handler():
 @pytest.mark.parametrize("exc, code, needle", [
     (UnicodeDecodeError("utf-8", b"ab\xff", 2, 3, "invalid start byte"), 2, "offset 2"),
     (json.JSONDecodeError("Expecting value", "x", 0), 2, "Expecting value"),
-    (PermissionError(13, "Permission denied", "/root/x"), 2, "Permission denied: /root/x"),
+    (PermissionError(13, "Permission denied", "runs/x.jsonl"), 2, "Permission denied: runs/x.jsonl"),
     (OSError("disk on fire"), 1, "internal error: OSError: disk on fire"),
     (RuntimeError(""), 1, "internal error: RuntimeError (rerun"),
 ])
