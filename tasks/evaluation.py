@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pyarrow as pa
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -90,7 +89,7 @@ def evaluate_task(
         result = score(bench_table, read_outputs(outputs_path), seen_categories, all_categories,
                        empty_groups="omit", n_resamples=config.n_resamples, seed=config.seed,
                        artifact=str(bench))
-        w.write_table(pa.Table.from_pandas(result.predictions, preserve_index=False), "predictions")
+        w.write_table(result.predictions_table(), "predictions")
         w.write_bytes("outputs.jsonl", outputs_path.read_bytes())
         w.write_bytes("metrics.json", json.dumps(result.metrics).encode())  # official format: no indent
         w.write_json("strict.json", result.strict)

@@ -147,7 +147,7 @@ def write_report(result: ScoreResult, out_dir: str | os.PathLike[str]) -> dict[s
     paths = {name: d / name for name in (METRICS_FILE, PREDICTIONS_FILE, STRICT_FILE, CIS_FILE, REPORT_FILE)}
     # evaluate.py: `json.dump(all_metrics, f)`; json.dumps gives the identical string.
     atomic_write(paths[METRICS_FILE], json.dumps(result.metrics))
-    atomic_write_parquet(paths[PREDICTIONS_FILE], pa.Table.from_pandas(result.predictions, preserve_index=False))
+    atomic_write_parquet(paths[PREDICTIONS_FILE], result.predictions_table())  # NaN stays NaN, as in the official files
     atomic_write(paths[STRICT_FILE], json.dumps(result.strict, indent=2))
     atomic_write(paths[CIS_FILE], json.dumps(result.cis, indent=2))
     atomic_write(paths[REPORT_FILE], json.dumps(result.summary(), indent=2))

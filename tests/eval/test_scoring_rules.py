@@ -114,16 +114,16 @@ def test_predictions_keep_the_official_nan_coordinates(tmp_path):
     assert back["strict_bbox"].tolist()[3].tolist() == [0.0, 0.0, 100.0, 100.0] and back["strict_bbox"][0] is None
 
 
-@pytest.mark.xfail(strict=True, reason="eval/io.write_report still writes pa.Table.from_pandas(result.predictions), "
-                   "which turns NaN into null; it should write result.predictions_table() (io.py is not owned here)")
 def test_written_run_keeps_the_official_nan_coordinates(tmp_path):
-    from deepperception.eval.io import PREDICTIONS_FILE, write_report
+    from deepperception.eval.io import PREDICTIONS_FILE, read_run, write_report
 
     outputs = {"car/nan6": "<answer>[nan, 1, 2, 3]</answer>", "car/ok": "<answer>(0,0),(100,100)</answer>"}
     _, res = _score(outputs)
     write_report(res, tmp_path)
     got = pq.read_table(tmp_path / PREDICTIONS_FILE).column("pred_bbox").to_pylist()
     assert repr(got[0]) == "[nan, 1.0, 2.0, 3.0]"
+    back = read_run(tmp_path).predictions  # and the run still reads back
+    assert len(back) == 2 and repr([float(c) for c in back["pred_bbox"][0]]) == "[nan, 1.0, 2.0, 3.0]"
 
 
 # --- parser: the "normalized" rescale rule (sum < 4) --------------------------------------------
