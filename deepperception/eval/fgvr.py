@@ -61,7 +61,7 @@ import pyarrow.parquet as pq
 
 from deepperception.errors import InputDataError
 from deepperception.eval.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, group_cis
-from deepperception.eval.parsing import ANSWER_BLOCK_RE as _ANSWER_RE
+from deepperception.eval.parsing import answer_spans
 from deepperception.prompts import CLASSIFICATION_TEMPLATE, user_text
 from deepperception.tables import IMAGE_STRUCT, require_columns
 
@@ -158,10 +158,10 @@ def parse_choice(text: str, options: Sequence[str]) -> Choice:
     >>> parse_choice("<think>C</think>", opts)
     Choice(letter=None, how='no_answer_tag')
     """
-    m = _ANSWER_RE.search(text)
-    if m is None:
+    spans = answer_spans(text)  # linear; ANSWER_BLOCK_RE.search re-scans from every unclosed tag
+    if not spans:
         return Choice(None, "no_answer_tag")
-    content = m.group(1).strip()
+    content = text[spans[0][0]:spans[0][1]].strip()
     lm = _LETTER_RE.match(content)
     if lm is not None:
         letter = lm.group(1).upper()
@@ -186,6 +186,31 @@ def parse_choice(text: str, options: Sequence[str]) -> Choice:
     return Choice(None, "ambiguous")
 
 
+def first_single_line_answer(text: str) -> str | None:
+    """``_OFFICIAL_ANSWER_RE.findall(text)[0]`` (or ``None``) in linear time.
+
+    The regex re-scans a line from every ``<answer>`` that has no ``</answer>`` after it on that
+    line (quadratic on many unclosed tags). Its first hit is the first ``<answer>`` whose line
+    still holds a ``</answer>`` after it, with the body ending at the first one; when the first
+    tag of a line has none, no later tag on that line has one either, so skip to the next line.
+
+    >>> first_single_line_answer("<answer>a\\n<answer>b</answer><answer>c</answer>")
+    'b'
+    >>> first_single_line_answer("<answer>a</answer") is None
+    True
+    """
+    pos = 0
+    while (start := text.find("<answer>", pos)) >= 0:
+        body = start + len("<answer>")
+        line_end = text.find("\n", body)
+        line_end = len(text) if line_end < 0 else line_end
+        close = text.find("</answer>", body, line_end)
+        if close >= 0:
+            return text[body:close]
+        pos = line_end + 1
+    return None
+
+
 def official_choice(text: str) -> str | None:
     """``evaluate.get_choice`` verbatim: first single-line answer, stripped, cut at the first '.'.
 
@@ -194,9 +219,9 @@ def official_choice(text: str) -> str | None:
     >>> official_choice("<answer>\\nB\\n</answer>") is None
     True
     """
-    match = _OFFICIAL_ANSWER_RE.findall(text)
-    if len(match) > 0:
-        choice = match[0].strip()
+    first = first_single_line_answer(text)
+    if first is not None:
+        choice = first.strip()
         if len(choice) > 1:
             choice = choice.split(".")[0]
         return choice

@@ -86,3 +86,37 @@ def test_score_fgvr_bad_input():
         score_fgvr(_items(), {"x": "<answer>A</answer>"})
     with pytest.raises(InputDataError, match=r"missing column\(s\) \['options'\]"):
         score_fgvr(_items().drop(columns=["options"]), {})
+
+
+class TestAnswerExtractionIsLinearAndExact:
+    """The FGVR answer helpers equal the regexes they replace, and finish on adversarial text."""
+
+    from hypothesis import given, settings, strategies as st
+
+    _TEXT = st.lists(st.sampled_from(["<answer>", "</answer>", "\n", "A", " B. x", "<", "answer>", "."]),
+                     max_size=30).map("".join)
+
+    @given(_TEXT)
+    @settings(max_examples=400, deadline=None)
+    def test_first_single_line_answer_equals_the_official_findall(self, text):
+        import re
+
+        from deepperception.eval.fgvr import first_single_line_answer
+
+        hits = re.findall(r"<answer>(.*?)</answer>", text)
+        assert first_single_line_answer(text) == (hits[0] if hits else None)
+
+    @given(_TEXT)
+    @settings(max_examples=400, deadline=None)
+    def test_parse_choice_takes_the_first_dotall_block(self, text):
+        from deepperception.eval.parsing import ANSWER_BLOCK_RE
+
+        m = ANSWER_BLOCK_RE.search(text)
+        got = parse_choice(text, OPTS)
+        assert (got.how == "no_answer_tag") == (m is None)
+
+    @pytest.mark.timeout(60)
+    def test_many_unclosed_answer_tags(self):
+        text = "<answer>B " * 20_000 + "\n<answer>C</answer>"
+        assert official_choice(text) == "C"
+        assert parse_choice("<answer>B " * 20_000, OPTS).how == "no_answer_tag"
