@@ -35,6 +35,11 @@ class StoreSettings(BaseSettings):
         description="When a stage finds its committed version corrupt: move it to _quarantine/ and recompute "
         "it (env DP_STORE_REPAIR=1; `reproduce --repair`). Off: refuse with an error naming the file.",
     )
+    reuse_rehash_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=0,
+        description="On a cache hit, committed files up to this size (tables, configs) are re-hashed; larger "
+        "ones (checkpoint shards) are size-checked there and re-hashed whenever they are read or materialised.",
+    )
     attempt_ttl_hours: float = Field(
         48.0, description="Uncommitted writer attempts older than this are debris of a crash and are deleted."
     )

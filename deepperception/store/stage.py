@@ -58,7 +58,7 @@ def run_stage(
     editing the evaluator never invalidates a trained checkpoint. Returns ``(ref, reused)``.
 
     A reused version is checked first (manifest parses, every file present with its recorded
-    size). A corrupt one is refused with an error naming the file, unless
+    size, files up to ``StoreSettings.reuse_rehash_max_bytes`` re-hashed). A corrupt one is refused with an error naming the file, unless
     ``store.settings.repair`` is on: then it is moved to the store's ``_quarantine/`` (kept for
     inspection, not deleted) and recomputed under the same version id. A partial version
     (metadata ``failures.failed > 0``) is never reused: see the module docstring.
@@ -111,7 +111,7 @@ def _intact_manifest(store: ArtifactStore, ref: ArtifactRef, stage: str) -> Mani
     if not store.exists(ref):
         return None
     try:
-        problems = store.verify(ref, deep=False)
+        problems = store.verify(ref, deep=False, rehash_up_to=store.settings.reuse_rehash_max_bytes)
     except ArtifactError:
         if store.exists(ref):
             raise

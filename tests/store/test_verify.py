@@ -83,6 +83,26 @@ def test_reusing_a_corrupt_version_is_refused_naming_artifact_and_file(store):
     assert len(calls) == 1
 
 
+def test_a_cache_hit_rehashes_small_files_so_a_same_size_flip_is_refused(store):
+    calls = []
+    ref, _ = run_stage(store, "t", "s", {"k": 1}, {}, _produce(calls), code=CODE)
+    flip_byte(store, store.file_path(ref, "data.parquet"))  # same size: only a re-hash sees it
+    with pytest.raises(ArtifactError, match=rf"{ref}.*file data.parquet: .*sha256.*repair"):
+        run_stage(store, "t", "s", {"k": 1}, {}, _produce(calls), code=CODE)
+    assert len(calls) == 1
+    assert store.verify(ref, deep=False, rehash_up_to=0) == []  # a size-only check would miss it
+
+
+def test_a_cache_hit_only_size_checks_files_above_the_rehash_limit(store):
+    calls = []
+    ref, _ = run_stage(store, "t", "s", {"k": 1}, {}, _produce(calls), code=CODE)
+    flip_byte(store, store.file_path(ref, "files/w.bin"))  # 2048 bytes, above the limit below
+    small_limit = ArtifactStore(store.settings.model_copy(update={"reuse_rehash_max_bytes": 1024}))
+    assert run_stage(small_limit, "t", "s", {"k": 1}, {}, _produce(calls), code=CODE) == (ref, True)
+    with pytest.raises(ArtifactError, match="files/w.bin is corrupt"):
+        small_limit.materialize(ref)  # still caught where the bytes are used
+
+
 def test_repair_quarantines_the_corrupt_version_and_recomputes_the_same_id(store):
     calls = []
     ref, _ = run_stage(store, "t", "s", {"k": 1}, {}, _produce(calls), code=CODE)
