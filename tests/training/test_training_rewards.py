@@ -2,10 +2,12 @@
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
 
+from deepperception.eval.parsing import grpo_first_answer
 from deepperception.training.rewards import (
     RewardConfig, completion_text, format_reward, format_score, iou_reward, iou_score, make_reward_funcs,
 )
@@ -143,6 +145,57 @@ class TestFormatReward:
         assert format_score("<think>a</think>") == 0.0
         assert format_score("<think>a</think><answer>b") == 0.0
         assert format_score("") == 0.0
+
+    # The released regexes, written out here (official-code.md §4.5), as the oracle for edge texts.
+    RELEASED_FORMAT = re.compile(r"<think>[\S\n\t\v ]*?</think>\s*<answer>[\S\n\t\v ]*?</answer>")
+    RELEASED_ANSWER = re.compile(r"<answer>([\S\n\t\v ]*?)</answer>")
+    EDGE_TEXTS = [
+        "<think></think><answer></answer>",
+        "<think>a</think>x</think><answer>b</answer>",  # lazy think body runs to a later </think>
+        "<think>a</think>x</think> \n<answer>b</answer>",
+        "<think>a</think>x</think>y</think><answer>b</answer>",
+        "<think>a</think>x<answer>b</answer>",
+        "<think>\r</think><answer>b</answer>",  # \r is outside [\S\n\t\v ]: first body char
+        "<think>a\rb</think><answer>c</answer>",
+        "<think>a\xa0b</think><answer>c</answer>",  # no-break space: whitespace, not in the class
+        "<think>a\u2028b</think><answer>c</answer>",
+        "<think>a</think><answer>b\rc</answer>",
+        "<think>a</think><answer>b\x0cc</answer>",
+        "<think>a</think><answer>b\rc</answer></think><answer>d</answer>",
+        "<think>a</think><answer>b</answer></think><answer>c\rd</answer>",
+        "<think>a\r</think>b</think><answer>c</answer>",
+        "<think>a</think>\r\x0c\x1c<answer>b</answer>",  # \s between the blocks takes \r, \f, \x1c
+        "<think>a</think>\xa0<answer>b</answer>",
+        "<think>a</think><answer>b</answer>\r trailing",
+        "<think>a</think><answer>b</answer></answer>",
+        "<think>a</think><answer>b</answe></answer>",
+        "<think>a</think><answer>b",
+        "<think>a</think></think>",
+        "<think>a</think>\n<answer>(1,2),(3,4)</answer>",
+        "<think>x</think><answer>a\rb</answer><answer>c</answer>",
+        " <think>a</think><answer>b</answer>",
+        "<think><think>a</think></think><answer><answer>b</answer>",
+    ]
+    ANSWER_TEXTS = EDGE_TEXTS + [
+        "<answer>a\rb</answer><answer>c</answer>",  # the first block cannot span \r: the second one wins
+        "<answer>\r</answer>",
+        "<answer><answer>a</answer>",
+        "<answer>a</answer</answer>",
+        "x<answer>\n(1,2),(3,4)\n</answer>y",
+        "<answer>a\r</answer>b</answer><answer>c</answer>",
+        "</answer><answer>a</answer>",
+        "<answer></answer>",
+    ]
+
+    @pytest.mark.parametrize("text", EDGE_TEXTS)
+    def test_structure_equals_the_released_regex(self, text):
+        want = 0.5 if self.RELEASED_FORMAT.match(text) else 0.0
+        assert format_score(text, "released") == want
+
+    @pytest.mark.parametrize("text", ANSWER_TEXTS)
+    def test_first_answer_equals_the_released_regex(self, text):
+        m = self.RELEASED_ANSWER.search(text)
+        assert grpo_first_answer(text) == (m.group(1) if m else None)
 
     def test_batch_signature_and_modes(self):
         conv = [[{"role": "assistant", "content": self.GOOD}], "no"]
