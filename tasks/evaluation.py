@@ -157,6 +157,5 @@ def report_task(
                      code=("deepperception.report",), task_module=__name__)
     markdown = store.read_bytes(ref, "report.md").decode()
     create_markdown_artifact(markdown, key="reproduction-report", description=f"report {ref}")
-    loc = store.location(ref)
-    return {"report": str(ref), "report_markdown": f"{loc}/report.md", "report_json": f"{loc}/report.json",
-            "markdown": markdown}
+    return {"report": str(ref), "report_markdown": store.location(ref, "report.md"),
+            "report_json": store.location(ref, "report.json"), "markdown": markdown}

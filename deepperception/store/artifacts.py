@@ -229,11 +229,11 @@ class ArtifactStore:
         entry = self.manifest(ref).file(path)
         return self._path(ref.name, ref.version, entry.location)
 
-    def location(self, ref: ArtifactRef) -> str:
-        """Human-readable location of a version (a path or an s3:// URI)."""
-        if self.settings.is_s3:
-            return f"s3://{self._dir(ref.name, ref.version)}"
-        return self._dir(ref.name, ref.version)
+    def location(self, ref: ArtifactRef, path: str | None = None) -> str:
+        """Human-readable location (a path or an s3:// URI) of a version, or of its committed file
+        ``path`` (which lives under the writer's attempt prefix the manifest names)."""
+        where = self._dir(ref.name, ref.version) if path is None else self.file_path(ref, path)
+        return f"s3://{where}" if self.settings.is_s3 else where
 
     # ---- primitives ------------------------------------------------------------------------
     def _create_exclusive(self, path: str, body: bytes) -> bool:

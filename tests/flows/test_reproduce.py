@@ -2,6 +2,7 @@
 manifest, metrics are well-formed with lineage, reruns reuse, S3 works, bad input is named."""
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -56,6 +57,10 @@ def test_reproduce_toy_end_to_end_then_rerun_reuses(prefect_harness, tmp_path):
     store = ArtifactStore(StoreSettings(uri=uri))
     _check_run(store, first)
     n_versions = len(store.list())
+    # The paths the CLI prints are where the committed report files really are.
+    report = ArtifactRef.parse(first["report"])
+    assert Path(first["report_markdown"]).read_bytes() == store.read_bytes(report, "report.md")
+    assert json.loads(Path(first["report_json"]).read_text())
 
     again = reproduce(config=cfg, store_uri=uri)
     assert again["artifacts"] == first["artifacts"] and again["report"] == first["report"]
