@@ -170,9 +170,53 @@ def test_strict_iou_of_an_unparsable_or_missing_output_is_zero():
     assert p["strict_correct"].tolist() == [True, False, False]
     s = res.strict["all"]
     assert (s["Acc"], s["IoU"], s["parse_rate"], s["missing"]) == (1 / 3, 1 / 3, 1 / 3, 1)
-    assert s["reasons"] == {"no_answer_tag": 1, "no_output": 1, "ok": 1}
-    assert res.strict["seen domain"]["reasons"] == s["reasons"]
+    assert s == {"Acc": 1 / 3, "IoU": 1 / 3, "Num": 3, "parse_rate": 1 / 3, "official_hits_outside_answer": 0,
+                 "official_correct_outside_answer": 0, "missing": 1,
+                 "reasons": {"no_answer_tag": 1, "no_output": 1, "ok": 1}}
+    assert res.strict["seen domain"] == s and set(res.strict) == {"all", "seen domain", "car"}
     assert res.metrics["all"]["all"] == {"Acc": 1 / 3, "IoU": 1 / 3, "Num": 3}
+
+
+def test_predictions_frame_contents():
+    bench = _bench(["car/a", "dog/b", "car/c"], cats=["car", "dog", "car"])
+    outputs = {"car/a": "<answer>(0,0),(100,100)</answer>",
+               "dog/b": "<think>(0,0),(100,60)</think><answer>none</answer>"}
+    p = _score(bench, outputs).predictions
+    assert p.columns.tolist() == list(PREDICTION_COLUMNS)
+    assert p["question_id"].tolist() == ["car/a", "dog/b", "car/c"]
+    assert p["category"].tolist() == ["car", "dog", "car"]
+    assert p["domain"].tolist() == ["seen", "unseen", "seen"]
+    assert p["gt_bbox"].tolist() == [[0.0, 0.0, 100.0, 100.0]] * 3
+    assert p["pred_bbox"].tolist() == [[0.0, 0.0, 100.0, 100.0], [0.0, 0.0, 100.0, 60.0], [0.0, 0.0, 0.0, 0.0]]
+    assert p["iou"].tolist() == [1.0, 0.6000000238418579, 0.0]
+    assert p["match_pattern"].tolist() == [1, 3, 0]
+    assert p["correct"].tolist() == [True, True, False]
+    assert p["strict_bbox"].tolist() == [[0.0, 0.0, 100.0, 100.0], None, None]
+    assert p["strict_iou"].tolist() == [1.0, 0.0, 0.0]
+    assert p["strict_correct"].tolist() == [True, False, False]
+    assert p["strict_reason"].tolist() == ["ok", "no_box", "no_output"]
+    assert p["box_outside_answer"].tolist() == [False, True, False]
+    assert p["has_output"].tolist() == [True, True, False]
+
+
+def test_cis_use_the_given_resamples_confidence_and_seed():
+    from deepperception.eval.bootstrap import group_cis
+    from deepperception.eval.groups import group_indices
+
+    qids = [f"car/{i}" for i in range(9)] + [f"dog/{i}" for i in range(7)]
+    cats = ["car"] * 9 + ["dog"] * 7
+    outputs = {q: ("<answer>(0,0),(100,100)</answer>" if i % 3 else
+                   "<think>(0,0),(100,100)</think>") for i, q in enumerate(qids)}
+    bench = _bench(qids, cats=cats)
+    res = _score(bench, outputs, n_resamples=37, confidence=0.8, seed=5)
+    groups = group_indices(cats, ["car"], ["car", "dog"])
+    p = res.predictions
+    official = group_cis(p["correct"].to_numpy(dtype=float), groups, n_resamples=37, confidence=0.8, seed=5)
+    strict = group_cis(p["strict_correct"].to_numpy(dtype=float), groups, n_resamples=37, confidence=0.8, seed=5)
+    assert res.cis == {g: {"official": official[g], "strict": strict[g]} for g in groups}
+    assert res.cis != _score(bench, outputs, confidence=0.8, seed=5).cis      # n_resamples matters
+    assert res.cis != _score(bench, outputs, n_resamples=37, seed=5).cis      # confidence matters
+    assert res.cis != _score(bench, outputs, n_resamples=37, confidence=0.8).cis  # seed matters
 
 
 def test_overflowing_coordinates_score_zero_without_numpy_warnings():
@@ -205,3 +249,11 @@ def test_bad_rows_message_lists_up_to_ten_rows_without_tail(n_rows):
 def test_bad_rows_message_counts_the_rest(n_rows):
     shown = "; ".join(f"row {i} (question_id='car/{i:02d}'): no output" for i in range(10))
     assert _missing_message(n_rows) == f"missing output in {n_rows} row(s): {shown}; ... {n_rows - 10} more"
+
+
+def test_iou_column_is_float_even_when_every_iou_is_the_int_zero():
+    bench = _bench(["car/a", "car/b"])
+    res = _score(bench, {"car/a": "no box", "car/b": "<answer>(200,200),(300,300)</answer>"})
+    assert res.predictions["iou"].dtype == "float64"
+    assert res.predictions_table().schema.field("iou").type == pa.float64()
+    assert res.metrics["all"]["all"] == {"Acc": 0.0, "IoU": 0.0, "Num": 2}
