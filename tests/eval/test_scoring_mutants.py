@@ -107,8 +107,9 @@ def test_bench_frame_errors_name_the_artifact():
     bench = pa.table({"question_id": ["car/a"], "category": [3], "answer": ["x"]})
     e = _err(bench, {})
     assert (e.stage, e.artifact, e.field, e.row) == (STAGE, ART, "category", 0)
+    assert e.message == "non-string category in 1 row(s): row 0 (question_id='car/a'): category=3"
     e = _err(pa.table({"question_id": ["car/a"], "category": ["car"]}), {})
-    assert e.artifact == ART
+    assert (e.stage, e.artifact) == (STAGE, ART)
 
 
 def test_duplicate_question_id_error():
