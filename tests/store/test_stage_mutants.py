@@ -97,6 +97,15 @@ def test_task_module_is_hashed_into_the_version(lstore):
     assert lstore.manifest(ref).code_version == code_version(CODE, (task,))
 
 
+def test_upstream_is_part_of_the_version(lstore):
+    a, b = _upstream(lstore, "a"), _upstream(lstore, "b")
+    ref_a, _ = run_stage(lstore, "t", "s", {"k": 1}, {"rows": a}, _table, code=CODE)
+    ref_b, _ = run_stage(lstore, "t", "s", {"k": 1}, {"rows": b}, _table, code=CODE)
+    assert ref_a == lstore.plan("t", "s", {"k": 1}, {"rows": a}, code=code_version(CODE)).ref
+    assert len({ref_a, ref_b, _planned(lstore)}) == 3
+    assert lstore.manifest(ref_b).upstream == {"rows": str(b)}
+
+
 def test_no_code_scope_plans_without_a_code_version(lstore):
     ref, _ = run_stage(lstore, "t", "s", {"k": 1}, {}, _table)
     assert ref == lstore.plan("t", "s", {"k": 1}, {}, code=None).ref
