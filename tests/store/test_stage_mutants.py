@@ -305,3 +305,20 @@ def test_log_of_a_concurrent_commit(lstore, caplog):
     ref, reused = run_stage(lstore, "t", "s", {"k": 1}, {}, produce, code=CODE)
     assert reused
     assert caplog.messages == [f"stage s: {ref} was committed by a concurrent run; using it"]
+
+
+def test_lease_gone_before_its_owner_is_read_is_waited_on_then_taken(lstore, monkeypatch, caplog):
+    ref = _planned(lstore)
+    real_acquire = Lease.acquire
+    tries, waits = [], []
+
+    def acquire(store, r, *args, **kwargs):
+        tries.append(r)  # the first try loses to a run that releases its lease at once
+        return None if len(tries) == 1 else real_acquire(store, r, *args, **kwargs)
+
+    monkeypatch.setattr(stage_mod.Lease, "acquire", acquire)
+    monkeypatch.setattr(stage_mod, "wait_while_leased", lambda store, r: waits.append(r))
+    caplog.set_level(logging.INFO, logger=stage_mod.__name__)
+    assert run_stage(lstore, "t", "s", {"k": 1}, {}, _table, code=CODE) == (ref, False)
+    assert tries == [ref, ref] and waits == [ref]
+    assert f"stage s: {ref} is being computed by ?; waiting for it" in caplog.messages
