@@ -30,10 +30,14 @@ IMAGES_SCHEMA = pa.schema(
         pa.field("name", pa.string(), nullable=False),
         pa.field("split", pa.string(), nullable=False),
         pa.field("pool", pa.string(), nullable=False),
-        pa.field("image", pa.binary(), nullable=False),
-        pa.field("width", pa.int32(), nullable=False),
-        pa.field("height", pa.int32(), nullable=False),
+        # Exactly one of image / image_uri: rendered (synthetic) images carry their bytes, real
+        # photos only a reference to the original file, so a 100K-photo source stays a small table.
+        pa.field("image", pa.binary()),
+        pa.field("image_uri", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
         pa.field("source_box_px", BOX_FLOAT),
+        pa.field("crop_bottom", pa.int32(), nullable=False),
         pa.field("source", pa.string(), nullable=False),
     ]
 )
@@ -92,9 +96,11 @@ def collect_images(entities: pa.Table, cfg: CollectionConfig) -> pa.Table:
             rows["split"].append(entity.split)
             rows["pool"].append(assign_pool(image_id, entity.split, cfg.test_fraction, cfg.seed))
             rows["image"].append(encode_png(img))
+            rows["image_uri"].append(None)
             rows["width"].append(img.width)
             rows["height"].append(img.height)
             rows["source_box_px"].append(list(box))
+            rows["crop_bottom"].append(0)
             rows["source"].append("synthetic")
     return pa.Table.from_pydict(rows, schema=IMAGES_SCHEMA)
 
@@ -172,9 +178,11 @@ def collect_from_image_folder(
             rows["split"].append(split)
             rows["pool"].append(assign_pool(image_id, split, test_fraction, seed))
             rows["image"].append(encode_png(img))
+            rows["image_uri"].append(None)
             rows["width"].append(img.width)
             rows["height"].append(img.height)
             rows["source_box_px"].append(None)
+            rows["crop_bottom"].append(0)
             rows["source"].append(f"image_folder:{root.name}")
     if not rows["image_id"]:
         raise InputDataError(f"image folder {root} holds no {'/'.join(IMAGE_EXTENSIONS)} files", stage="collect", field="root")
