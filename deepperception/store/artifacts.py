@@ -33,7 +33,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -289,6 +289,10 @@ class ArtifactStore:
         tmp.write_bytes(body)
         os.replace(tmp, path)
 
+    def _overwrite_or_create(self, path: str, body: bytes) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True) if self._s3 is None else None
+        self._overwrite(path, body)
+
     def _delete_file(self, path: str) -> None:
         try:
             self.fs.delete_file(path)
@@ -369,15 +373,78 @@ class ArtifactStore:
             raise ArtifactError(f"artifact {ref}: file {entry.path} is corrupt ({problem})")
         return data
 
-    def read_table(self, ref: ArtifactRef, table: str = "data") -> pa.Table:
-        """A table of a committed version, verified against its manifest's sha256."""
+    def table_files(self, ref: ArtifactRef, table: str = "data") -> list[FileEntry]:
+        """The Parquet files of ``table``: ``<table>.parquet``, or its parts ``<table>/part-NNNNN.parquet``
+        in order (see :mod:`deepperception.store.shards`)."""
+        from deepperception.store.shards import table_entries
+
         m = self.manifest(ref)
-        entry = m.file(f"{table}.parquet")
-        data = self._read_verified(ref, entry)
-        try:
-            return pq.read_table(pa.BufferReader(data))
-        except pa.ArrowException as exc:
-            raise ArtifactError(f"artifact {ref}: table {table} does not parse as Parquet: {exc}") from exc
+        entries = table_entries(m.files, table)
+        if not entries:
+            tables = sorted({f.path.split("/", 1)[0].removesuffix(".parquet") for f in m.files
+                             if f.path.endswith(".parquet")})
+            raise ArtifactError(f"artifact {ref} has no table {table!r} (tables: {tables})")
+        return entries
+
+    def num_rows(self, ref: ArtifactRef, table: str = "data") -> int:
+        """Rows of a table, from the manifest (nothing is read)."""
+        return sum(int(e.rows or 0) for e in self.table_files(ref, table))
+
+    def read_table(self, ref: ArtifactRef, table: str = "data", columns: list[str] | None = None) -> pa.Table:
+        """A whole table of a committed version (all parts), verified against the manifest's sha256.
+        Large tables are better streamed with :meth:`iter_batches`."""
+        entries = self.table_files(ref, table)
+        parts = []
+        for entry in entries:
+            data = self._read_verified(ref, entry)
+            try:
+                parts.append(pq.read_table(pa.BufferReader(data), columns=columns))
+            except pa.ArrowException as exc:
+                raise ArtifactError(f"artifact {ref}: table {table} ({entry.path}) does not parse as Parquet: "
+                                    f"{exc}") from exc
+        return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+
+    def iter_batches(self, ref: ArtifactRef, table: str = "data", columns: list[str] | None = None,
+                     batch_size: int = 1024, parts: list[int] | None = None) -> Iterator[pa.RecordBatch]:
+        """Stream a table batch by batch, each part verified before it is parsed (memory: one part).
+        ``parts`` limits the stream to those part indices (shard work reads its own part)."""
+        from deepperception.store.shards import iter_entries_batches
+
+        entries = self.table_files(ref, table)
+        if parts is not None:
+            entries = [entries[i] for i in parts]
+        yield from iter_entries_batches(self, ref, entries, columns, batch_size)
+
+    def dataset(self, ref: ArtifactRef, table: str = "data"):
+        """A ``pyarrow.dataset.Dataset`` over the table's files, for filtered/projected scans.
+        Not re-hashed (verify the version first when that matters: :meth:`verify`)."""
+        import pyarrow.dataset as pads
+
+        paths = [self._path(ref.name, ref.version, e.location) for e in self.table_files(ref, table)]
+        return pads.dataset(paths, filesystem=self.fs, format="parquet")
+
+    def table_locations(self, ref: ArtifactRef, table: str = "data") -> list[str]:
+        """Where each file of a table is (paths or s3:// URIs), for any Parquet reader
+        (DuckDB ``read_parquet([...])``, pandas, ``datasets.load_dataset("parquet", data_files=...)``)."""
+        out = [self._path(ref.name, ref.version, e.location) for e in self.table_files(ref, table)]
+        return [f"s3://{p}" for p in out] if self.settings.is_s3 else out
+
+    # ---- resumable shard work (see deepperception.store.shards) ------------------------------
+    def commit_shard(self, ref: ArtifactRef, unit: str, index: int, tables: dict[str, pa.Table],
+                     metadata: dict[str, Any] | None = None, *, replace: bool = False):
+        from deepperception.store.shards import commit_shard
+
+        return commit_shard(self, ref, unit, index, tables, metadata, replace=replace)
+
+    def completed_shards(self, ref: ArtifactRef, unit: str):
+        from deepperception.store.shards import completed_shards
+
+        return completed_shards(self, ref, unit)
+
+    def read_shard_table(self, ref: ArtifactRef, record, table: str = "data") -> pa.Table:
+        from deepperception.store.shards import read_shard_table
+
+        return read_shard_table(self, ref, record, table)
 
     def read_bytes(self, ref: ArtifactRef, path: str) -> bytes:
         m = self.manifest(ref)
@@ -482,6 +549,9 @@ class ArtifactStore:
             if why:
                 problems.append(f"file {e.path}: {why}")
         return problems
+
+    def _entry_problem(self, ref: ArtifactRef, entry: FileEntry, deep: bool) -> str | None:
+        return self._file_problem(ref, entry, deep)
 
     def _file_problem(self, ref: ArtifactRef, entry: FileEntry, deep: bool) -> str | None:
         path = self._path(ref.name, ref.version, entry.location)
@@ -710,6 +780,29 @@ class VersionWriter:
         pq.write_table(table, sink, compression="zstd")
         self._schemas[name] = str(table.schema)
         return self._put(f"{name}.parquet", sink.getvalue(), rows=table.num_rows)
+
+    def table_writer(self, name: str = "data", *, schema: pa.Schema | None = None, max_rows: int | None = None,
+                     max_bytes: int | None = None):
+        """A :class:`~deepperception.store.shards.ShardedTableWriter` streaming ``name`` into bounded
+        parts (use as a context manager; ``.write(batch)``)."""
+        from deepperception.store.shards import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, ShardedTableWriter
+
+        return ShardedTableWriter(self, name, schema=schema, max_rows=max_rows or DEFAULT_MAX_ROWS,
+                                  max_bytes=max_bytes or DEFAULT_MAX_BYTES)
+
+    def adopt_shards(self, records: list, schemas: dict[str, pa.Schema] | None = None) -> list[FileEntry]:
+        """List finished shards' files (``store.commit_shard``) in this version as
+        ``<table>/part-<index>.parquet``, in index order; they stay where the shard wrote them."""
+        out = []
+        for record in sorted(records, key=lambda r: r.index):
+            for table, entry in sorted(record.files.items()):
+                if any(f.path == entry.path for f in self._files):
+                    raise ArtifactError(f"artifact {self.ref}: file {entry.path} written twice")
+                self._files.append(entry)
+                out.append(entry)
+        for table, schema in (schemas or {}).items():
+            self._schemas[table] = str(schema)
+        return out
 
     def write_bytes(self, rel: str, data: bytes) -> FileEntry:
         return self._put(rel, data)
