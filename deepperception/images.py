@@ -42,3 +42,82 @@ def decode_image(
             return im.convert("RGB")
     except Exception as exc:  # PIL raises a zoo of unrelated exception types for corrupt data
         raise InputDataError(f"image does not decode: {type(exc).__name__}: {exc}", **where) from None
+
+
+# ---- source photos referenced by URI ------------------------------------------------------------
+# Real datasets are referenced, not copied: a table row carries the original file's URI (or, for
+# rendered images, the original bytes) and a stage loads one photo at a time when it needs it.
+# A photo that cannot be used is an *item* problem (recorded with a reason code, the stage goes
+# on with the rest), not a crash: one truncated JPEG among 400K must not stop a labeling run.
+
+class ImageProblem(Exception):
+    """One photo cannot be used; ``reason`` is a short code recorded on its row
+    (``missing_file``, ``corrupt_image``, ``decompression_bomb``, ``empty_image``)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def read_image_bytes(image: bytes | None, uri: str | None) -> bytes:
+    """The encoded bytes of a row's photo: its inline ``image`` bytes or the file at ``image_uri``
+    (a local path or ``s3://bucket/key``, read with the store's S3 settings)."""
+    if image:
+        return bytes(image)
+    if not uri:
+        raise ImageProblem("empty_image", "row has neither image bytes nor an image_uri")
+    from deepperception.sources.fs import read_uri
+
+    try:
+        data = read_uri(uri)
+    except FileNotFoundError:
+        raise ImageProblem("missing_file", f"{uri} does not exist") from None
+    except OSError as exc:
+        raise ImageProblem("missing_file", f"{uri} cannot be read: {exc}") from None
+    if not data:
+        raise ImageProblem("empty_image", f"{uri} is empty")
+    return data
+
+
+def open_photo(data: bytes, *, crop_bottom: int = 0, name: str = "image") -> Image.Image:
+    """Decode a photo (RGB), refusing decompression bombs by their header before any pixel is
+    decoded (PIL's ``Image.MAX_IMAGE_PIXELS``), and cut ``crop_bottom`` pixels off the bottom
+    (FGVC-Aircraft's copyright banner).
+
+    >>> open_photo(b"GIF89a garbage")
+    Traceback (most recent call last):
+    ...
+    deepperception.images.ImageProblem: corrupt_image: image does not decode: ...
+    """
+    try:
+        im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageProblem("decompression_bomb", f"{name}: {exc}") from None
+    except Exception as exc:
+        raise ImageProblem("corrupt_image", f"image does not decode: {type(exc).__name__}: {exc}") from None
+    with im:
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and im.width * im.height > limit:
+            raise ImageProblem("decompression_bomb", f"{name}: {im.width}x{im.height} pixels is more than "
+                                                     f"PIL's limit of {limit}")
+        try:
+            im.load()
+            rgb = im.convert("RGB")
+        except Exception as exc:  # truncated files fail here, not at open
+            raise ImageProblem("corrupt_image", f"image does not decode: {type(exc).__name__}: {exc}") from None
+    if crop_bottom:
+        if crop_bottom >= rgb.height:
+            raise ImageProblem("corrupt_image", f"{name}: {rgb.height} px tall, cannot cut {crop_bottom} px banner")
+        rgb = rgb.crop((0, 0, rgb.width, rgb.height - crop_bottom))
+    return rgb
+
+
+def request_bytes(data: bytes, photo: Image.Image, crop_bottom: int = 0) -> bytes:
+    """What to send a model: the original file when nothing was cut off (no re-encode), else the
+    cropped photo as a high-quality JPEG (for the request only; nothing is stored)."""
+    if not crop_bottom:
+        return data
+    buf = io.BytesIO()
+    photo.save(buf, format="JPEG", quality=95)
+    return buf.getvalue()

@@ -117,3 +117,45 @@ def composite_entities(value: Any, *, stage: str, row: int | str) -> list[dict]:
             raise InputDataError(f"entities[{j}] must have entity_id, name and box; got {item!r}", stage=stage, row=row, field="entities")
         item["box"] = list(check_box(item["box"], stage=stage, row=row, field=f"entities[{j}].box"))
     return items
+
+
+# Items a stage could not use at all (a missing or corrupt photo, an entity with too few photos, a
+# CoT the validator refused): never silently dropped, always a row here with a reason code.
+REJECTED_SCHEMA = pa.schema([
+    pa.field("item_id", pa.string(), nullable=False),
+    pa.field("stage", pa.string(), nullable=False),
+    pa.field("reason", pa.string(), nullable=False),
+    pa.field("detail", pa.string()),
+])
+
+
+def rejected_table(rows: list[dict]) -> pa.Table:
+    """Rows ``{item_id, stage, reason, detail}`` as a ``REJECTED_SCHEMA`` table (empty allowed).
+
+    >>> rejected_table([{"item_id": "a", "stage": "label", "reason": "missing_file", "detail": None}]).num_rows
+    1
+    """
+    return pa.Table.from_pylist(rows, schema=REJECTED_SCHEMA) if rows else REJECTED_SCHEMA.empty_table()
+
+
+def merge_counts(a: Any, b: Any) -> Any:
+    """Sum two per-shard statistics: numbers add, dicts merge key by key, equal-length lists add
+    element-wise, anything else keeps the first non-null value.
+
+    >>> merge_counts({"n": 1, "h": [1, 0], "by": {"x": 2}, "model": "m"}, {"n": 2, "h": [0, 3], "by": {"y": 1}, "model": "m"})
+    {'n': 3, 'h': [1, 3], 'by': {'x': 2, 'y': 1}, 'model': 'm'}
+    """
+    if a is None:
+        return b
+    if b is None:
+        return a
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a + b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return {k: merge_counts(a.get(k), b.get(k)) for k in {**a, **b}}
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and all(
+            isinstance(x, (int, float)) for x in a + b):
+        return [x + y for x, y in zip(a, b)]
+    return a

@@ -86,7 +86,8 @@ def test_label_retry_asks_only_the_failed_images(images):
     assert [r["image_id"] for r in got] == table.column("image_id").to_pylist()  # original order
     for r, k in zip(got, keys):
         assert r["label_error"] is None and tuple(r["box"]) == responder.truth[(r["name"], k)]
-    assert second.drop_columns(["label_error", "box"]).equals(first.drop_columns(["label_error", "box"]))
+    outcome = ["label_error", "label_reason", "label_attempts", "box", "box_source", "label_iou"]
+    assert second.drop_columns(outcome).equals(first.drop_columns(outcome))
 
 
 def test_label_retry_ignores_rows_of_another_backend(images):

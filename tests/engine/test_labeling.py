@@ -15,6 +15,7 @@ from deepperception.engine.labeling import (
     OpenAIGroundingLabeler,
     OracleLabeler,
     label_images,
+    label_table,
 )
 from deepperception.errors import InputDataError
 from fake_openai_server import FakeOpenAIServer
@@ -25,11 +26,13 @@ PROMPT = "Find and give the bounding box of "
 def test_oracle_boxes_match_renderer(labeled, images):
     assert isinstance(OracleLabeler(), BoxLabeler)
     assert labeled.num_rows == images.num_rows
-    assert labeled.column_names == images.column_names + ["box", "label_backend", "label_error"]
+    assert labeled.column_names == images.column_names + ["box", "box_source", "label_backend", "label_error",
+                                                          "label_reason", "label_attempts", "label_iou"]
     assert str(labeled.schema.field("box").type) == "fixed_size_list<item: int32>[4]"
     for row in labeled.drop_columns(["image"]).to_pylist():
         assert row["box"] == list(boxes.pixels_to_qwen(row["source_box_px"], row["width"], row["height"]))
         assert row["label_backend"] == "oracle" and row["label_error"] is None
+        assert row["box_source"] == "oracle" and row["label_iou"] == pytest.approx(1.0)
 
 
 def test_pool_selection(images):
@@ -48,13 +51,17 @@ def test_oracle_without_source_box_names_the_row(images):
         label_images(table, OracleLabeler())
 
 
-def test_corrupt_image_names_the_row(images):
-    table = images.slice(0, 2)
+def test_corrupt_image_is_rejected_with_its_reason_and_the_rest_labeled(images):
+    table = images.slice(0, 3)
     data = table.column("image").to_pylist()
-    data[1] = data[1][:40]
+    data[1] = data[1][:40]  # a truncated PNG
     table = table.set_column(table.column_names.index("image"), "image", pa.array(data, pa.binary()))
-    with pytest.raises(InputDataError, match=r"stage=label row=glider/00/001 field=image"):
-        label_images(table, OracleLabeler())
+    result = label_table(table, OracleLabeler())
+    assert result.data.column("image_id").to_pylist() == ["glider/00/000", "glider/00/002"]
+    assert result.rejected.to_pylist() == [{"item_id": "glider/00/001", "stage": "label", "reason": "corrupt_image",
+                                            "detail": result.rejected.column("detail")[0].as_py()}]
+    assert "does not decode" in result.rejected.column("detail")[0].as_py()
+    assert result.stats["rejected"] == {"corrupt_image": 1}
 
 
 def test_missing_column_is_named(images):
