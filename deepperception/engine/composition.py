@@ -15,7 +15,7 @@ import math
 import random
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Iterable, Literal, Sequence
 
 import pyarrow as pa
 from PIL import Image
@@ -25,6 +25,7 @@ from deepperception import boxes
 from deepperception.domain.seeding import rng_for
 from deepperception.engine.common import check_box, decode_image, encode_png, require_columns
 from deepperception.errors import InputDataError
+from deepperception.images import ImageProblem, open_photo, read_image_bytes
 
 log = logging.getLogger(__name__)
 
@@ -164,36 +165,79 @@ def remap_box(box: Sequence[int], p: Placement, canvas: tuple[int, int]) -> tupl
     return boxes.pixels_to_qwen(px, canvas[0], canvas[1])
 
 
-def compose(labeled: pa.Table, cfg: CompositionConfig) -> pa.Table:
-    """Build ``composites_per_category`` composites per category from the ``cfg.pool`` rows of a
-    labeled images table (rows with a null box are skipped). Schema ``COMPOSITES_SCHEMA``;
-    ``entities`` is a JSON list ``[{entity_id, name, image_id, box}]`` in reading order."""
-    stage = "compose"
-    require_columns(labeled, ["image_id", "entity_id", "category", "name", "split", "pool", "image", "box"], stage=stage)
-    cols = {c: labeled.column(c).to_pylist() for c in ["image_id", "entity_id", "category", "name", "split", "pool", "box"]}
-    by_cat: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
-    split_of: dict[str, str] = {}
-    for i in range(labeled.num_rows):
-        if cols["pool"][i] != cfg.pool or cols["box"][i] is None:
-            continue
-        cat = cols["category"][i]
-        if cfg.categories is not None and cat not in cfg.categories:
-            continue
-        if split_of.setdefault(cat, cols["split"][i]) != cols["split"][i]:
-            raise InputDataError(f"category {cat!r} mixes splits {split_of[cat]!r} and {cols['split'][i]!r}", stage=stage, row=cols["image_id"][i], field="split")
-        check_box(cols["box"][i], stage=stage, row=cols["image_id"][i])
-        by_cat[cat][cols["entity_id"][i]].append(i)
+@dataclass(frozen=True)
+class TilePick:
+    """One photo placed in a composite: what rendering needs, without the pixels."""
 
+    image_id: str
+    entity_id: str
+    name: str
+    box: tuple[int, int, int, int]
+    part: int
+    """Part of the labeled table that holds the row (where inline bytes are read from)."""
+    image_uri: str | None = None
+    crop_bottom: int = 0
+    pool_size: int = 1
+    """How many labeled photos the entity had to choose from (replays the random stream)."""
+
+
+@dataclass(frozen=True)
+class CompositePlan:
+    """Everything that decides one composite except its pixels; rendering replays the same
+    random stream, so a composite rendered on any worker equals the one a single process makes."""
+
+    composite_id: str
+    category: str
+    split: str
+    pool: str
+    n: int
+    layout: str
+    n_entities: int
+    picks: tuple[TilePick, ...]
+
+
+PLAN_COLUMNS = ["image_id", "entity_id", "category", "name", "split", "pool", "box"]
+
+
+def plan_composites(batches: Iterable[tuple[int, pa.RecordBatch]], cfg: CompositionConfig) -> list[CompositePlan]:
+    """Choose the photos of every composite from a labeled table streamed as ``(part, batch)``
+    pairs (metadata columns only; rows with a null box are skipped). Memory holds one small
+    record per usable photo, never pixels."""
+    stage = "compose"
+    by_cat: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    split_of: dict[str, str] = {}
+    rows = in_pool = unboxed = 0
+    for part, batch in batches:
+        require_columns(batch, PLAN_COLUMNS, stage=stage)
+        cols = batch.to_pydict()
+        uris = cols.get("image_uri") or [None] * batch.num_rows
+        crops = cols.get("crop_bottom") or [0] * batch.num_rows
+        for j in range(batch.num_rows):
+            rows += 1
+            if cols["pool"][j] != cfg.pool:
+                continue
+            in_pool += 1
+            if cols["box"][j] is None:
+                unboxed += 1
+                continue
+            cat = cols["category"][j]
+            if cfg.categories is not None and cat not in cfg.categories:
+                continue
+            iid = cols["image_id"][j]
+            if split_of.setdefault(cat, cols["split"][j]) != cols["split"][j]:
+                raise InputDataError(f"category {cat!r} mixes splits {split_of[cat]!r} and {cols['split'][j]!r}",
+                                     stage=stage, row=iid, field="split")
+            box = check_box(cols["box"][j], stage=stage, row=iid)
+            by_cat[cat][cols["entity_id"][j]].append(
+                {"image_id": iid, "entity_id": cols["entity_id"][j], "name": cols["name"][j], "box": box,
+                 "part": part, "image_uri": uris[j], "crop_bottom": crops[j] or 0})
     if not by_cat:
         # Zero composites would be committed as an empty (but "successful") version; say why instead.
-        in_pool = sum(1 for p in cols["pool"] if p == cfg.pool)
-        unboxed = sum(1 for p, b in zip(cols["pool"], cols["box"]) if p == cfg.pool and b is None)
         raise InputDataError(
-            f"no labeled image of pool {cfg.pool!r} to compose: {labeled.num_rows} rows, {in_pool} in the pool, "
+            f"no labeled image of pool {cfg.pool!r} to compose: {rows} rows, {in_pool} in the pool, "
             f"{unboxed} of those without a box" + (f", categories restricted to {cfg.categories}" if cfg.categories else ""),
             stage=stage, field="box")
-    image_col = labeled.column("image")
-    rows: dict[str, list] = {n: [] for n in COMPOSITES_SCHEMA.names}
+    plans = []
     for cat in sorted(by_cat):
         entity_ids = sorted(by_cat[cat])
         if len(entity_ids) < cfg.k_min:
@@ -203,29 +247,69 @@ def compose(labeled: pa.Table, cfg: CompositionConfig) -> pa.Table:
         for n in range(cfg.composites_per_category):
             rng = rng_for("compose", cfg.seed, cfg.pool, cat, n)
             k = rng.randint(cfg.k_min, min(cfg.k_max, len(entity_ids)))
-            picks = [rng.choice(by_cat[cat][e]) for e in rng.sample(entity_ids, k)]
-            tiles = [decode_image(image_col[i].as_py(), stage=stage, row=cols["image_id"][i]) for i in picks]
-            layout: Layout = cfg.layouts[n % len(cfg.layouts)]
-            canvas_size, places = layout_tiles(layout, [t.size for t in tiles], cfg.tile_size, rng, cfg.random_canvas_factor)
-            shade = rng.randint(200, 245)
-            canvas = Image.new("RGB", canvas_size, (shade, shade, shade))
-            items = []
-            for i, tile, p in zip(picks, tiles, places):
-                canvas.paste(tile.resize((p.w, p.h), Image.Resampling.BILINEAR), (p.x, p.y))
-                items.append((p, {"entity_id": cols["entity_id"][i], "name": cols["name"][i], "image_id": cols["image_id"][i],
-                                  "box": list(remap_box(cols["box"][i], p, canvas_size))}))
-            # Reading order: rows of tile height top to bottom, then left to right.
-            items.sort(key=lambda it: ((it[0].y + it[0].h / 2) // cfg.tile_size, it[0].x + it[0].w / 2))
-            if max(canvas.size) > cfg.max_canvas_side:
-                s = cfg.max_canvas_side / max(canvas.size)
-                canvas = canvas.resize((max(1, round(canvas.width * s)), max(1, round(canvas.height * s))), Image.Resampling.BILINEAR)
-            rows["composite_id"].append(f"{cat}-{cfg.pool}-{n:04d}")
-            rows["category"].append(cat)
-            rows["split"].append(split_of[cat])
-            rows["pool"].append(cfg.pool)
-            rows["image"].append(encode_png(canvas))
-            rows["width"].append(canvas.width)
-            rows["height"].append(canvas.height)
-            rows["layout"].append(layout)
-            rows["entities"].append(json.dumps([it[1] for it in items]))
-    return pa.Table.from_pydict(rows, schema=COMPOSITES_SCHEMA)
+            picks = []
+            for e in rng.sample(entity_ids, k):
+                options = by_cat[cat][e]
+                r = rng.choice(options)
+                picks.append(TilePick(r["image_id"], r["entity_id"], r["name"], r["box"], r["part"], r["image_uri"],
+                                      r["crop_bottom"], len(options)))
+            plans.append(CompositePlan(f"{cat}-{cfg.pool}-{n:04d}", cat, split_of[cat], cfg.pool, n,
+                                       cfg.layouts[n % len(cfg.layouts)], len(entity_ids), tuple(picks)))
+    return plans
+
+
+def render_composite(plan: CompositePlan, tiles: Sequence[Image.Image], cfg: CompositionConfig) -> dict:
+    """The composite row (``COMPOSITES_SCHEMA``) of ``plan`` from its decoded tiles, in pick order."""
+    rng = rng_for("compose", cfg.seed, cfg.pool, plan.category, plan.n)
+    # Replay the planning draws (their consumption depends only on these sizes) so the layout
+    # and shade draws below continue the very stream a single-process run uses.
+    k = rng.randint(cfg.k_min, min(cfg.k_max, plan.n_entities))
+    if k != len(plan.picks):
+        raise ValueError(f"composite {plan.composite_id}: plan has {len(plan.picks)} picks, replay draws {k}")
+    rng.sample(range(plan.n_entities), k)
+    for p in plan.picks:
+        rng.choice(range(p.pool_size))
+    canvas_size, places = layout_tiles(plan.layout, [t.size for t in tiles], cfg.tile_size, rng, cfg.random_canvas_factor)
+    shade = rng.randint(200, 245)
+    canvas = Image.new("RGB", canvas_size, (shade, shade, shade))
+    items = []
+    for pick, tile, p in zip(plan.picks, tiles, places):
+        canvas.paste(tile.resize((p.w, p.h), Image.Resampling.BILINEAR), (p.x, p.y))
+        items.append((p, {"entity_id": pick.entity_id, "name": pick.name, "image_id": pick.image_id,
+                          "box": list(remap_box(pick.box, p, canvas_size))}))
+    # Reading order: rows of tile height top to bottom, then left to right.
+    items.sort(key=lambda it: ((it[0].y + it[0].h / 2) // cfg.tile_size, it[0].x + it[0].w / 2))
+    if max(canvas.size) > cfg.max_canvas_side:
+        s = cfg.max_canvas_side / max(canvas.size)
+        canvas = canvas.resize((max(1, round(canvas.width * s)), max(1, round(canvas.height * s))), Image.Resampling.BILINEAR)
+    return {"composite_id": plan.composite_id, "category": plan.category, "split": plan.split, "pool": plan.pool,
+            "image": encode_png(canvas), "width": canvas.width, "height": canvas.height, "layout": plan.layout,
+            "entities": json.dumps([it[1] for it in items])}
+
+
+def load_tiles(plan: CompositePlan, inline: dict[str, bytes]) -> list[Image.Image]:
+    """Decode a plan's photos: inline bytes by image_id, or the original file by URI."""
+    tiles = []
+    for p in plan.picks:
+        try:
+            data = read_image_bytes(inline.get(p.image_id), p.image_uri)
+            tiles.append(open_photo(data, crop_bottom=p.crop_bottom, name=p.image_uri or p.image_id))
+        except ImageProblem as exc:  # it decoded at labeling time: the file changed since
+            raise InputDataError(f"photo {p.image_uri or p.image_id} no longer loads ({exc}); was the dataset "
+                                 f"changed after labeling?", stage="compose", row=p.image_id, field="image") from None
+    return tiles
+
+
+def compose(labeled: pa.Table, cfg: CompositionConfig) -> pa.Table:
+    """Build ``composites_per_category`` composites per category from the ``cfg.pool`` rows of a
+    labeled images table (rows with a null box are skipped). Schema ``COMPOSITES_SCHEMA``;
+    ``entities`` is a JSON list ``[{entity_id, name, image_id, box}]`` in reading order.
+    (In-memory form of the sharded stage: :func:`plan_composites` + :func:`render_composite`.)"""
+    require_columns(labeled, PLAN_COLUMNS, stage="compose")
+    plans = plan_composites([(0, b) for b in labeled.select(
+        [c for c in labeled.column_names if c != "image"]).to_batches()], cfg)
+    inline = {}
+    if "image" in labeled.column_names:
+        inline = dict(zip(labeled.column("image_id").to_pylist(), labeled.column("image").to_pylist()))
+    rows = [render_composite(p, load_tiles(p, inline), cfg) for p in plans]
+    return pa.Table.from_pylist(rows, schema=COMPOSITES_SCHEMA)
