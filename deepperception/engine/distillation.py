@@ -36,6 +36,8 @@ COT_SCHEMA = pa.schema(
         pa.field("cot", pa.string()),
         pa.field("response", pa.string()),
         pa.field("error", pa.string()),
+        pa.field("error_reason", pa.string()),
+        pa.field("attempts", pa.int32()),
     ]
 )
 
@@ -107,9 +109,11 @@ class TemplateTeacher:
         known = []
         for item in request.entities:
             e = self.knowledge.get(item["entity_id"])
-            if e is None or not e.attributes:
-                raise ItemFailed(f"template teacher has no attributes for entity {item['entity_id']!r}")
+            if e is None or not (e.attributes or e.knowledge_card):
+                raise ItemFailed(f"template teacher has no attributes or knowledge card for entity {item['entity_id']!r}")
             known.append(e)
+        if not all(e.attributes for e in known):
+            return self._from_cards(request, known)
         spec = CATEGORIES.get(request.category)
         noun, plural = (spec.noun, spec.plural) if spec else (request.category, request.category)
         t = request.target_index
@@ -138,6 +142,28 @@ class TemplateTeacher:
                 lines.append(f"- {at(j)[0].upper() + at(j)[1:]} shows the same listed features, so they alone cannot separate it.")
         lines.append(f"- {at(t)[0].upper() + at(t)[1:]} has {_join(list(feats[t].values()))}, matching every feature of the {target.name}.")
         lines += ["", f"Conclusion: The {target.name} is the {noun} at {tbox}."]
+        return "\n".join(lines)
+
+
+    def _from_cards(self, request: CotRequest, known: list[Entity]) -> str:
+        """Real entities have no structured attributes, only knowledge cards (an LLM wrote them):
+        the CoT states each card's distinguishing facts, then concludes with the target's box.
+        It cannot look at the pixels, so it is a format and plumbing backend for real data, not a
+        substitute for a VLM teacher (documented in the README)."""
+        t = request.target_index
+        target, tbox = known[t], boxes.format_box(request.entities[t]["box"])
+        at = lambda j: boxes.format_box(request.entities[j]["box"])  # noqa: E731
+        first = lambda e: (e.knowledge_card or "").strip().split("\n")[0][:300] or "no knowledge card"  # noqa: E731
+        lines = [
+            f"Planning: I need to find the {target.name}. The image shows {len(known)} {request.category} objects. "
+            f"I will recall what distinguishes each of them, then compare them and pick the one that matches.",
+            "",
+            "Visual analysis:",
+        ]
+        lines += [f"- The object at {at(j)} is the {e.name}: {first(e)}" for j, e in enumerate(known)]
+        lines += ["", f"Comparison: {first(target)}"]
+        lines += [f"- The object at {at(j)} is the {e.name}, not the {target.name}." for j, e in enumerate(known) if j != t]
+        lines += ["", f"Conclusion: The {target.name} is the object at {tbox}."]
         return "\n".join(lines)
 
 
@@ -209,30 +235,58 @@ def distill(composites: pa.Table, teacher: Teacher, cfg: DistillConfig | None = 
     so): the stage fails anyway."""
     cfg = cfg or DistillConfig()
     requests = build_requests(composites, cfg.targets_per_composite, cfg.seed)
-    kept = good_rows(previous, "question_id", ["cot", "error", "teacher_backend", "teacher_prompt"],
+    extra = ["attempts"] if previous is not None and "attempts" in previous.column_names else []
+    kept = good_rows(previous, "question_id", ["cot", "error", "teacher_backend", "teacher_prompt", *extra],
                      lambda r: r["error"] is None and bool(r["cot"]) and r["teacher_backend"] == teacher.name)
 
     budget = FailureBudget(len(requests), max_failure_rate)
-
-    def one(req: CotRequest) -> tuple[str | None, str | None]:
+    results: list[tuple[str | None, str | None, str | None, int]] = [(None, None, None, 0)] * len(requests)
+    todo: list[int] = []
+    for i, req in enumerate(requests):
         old = kept.get(req.question_id)
         if old is not None and old["teacher_prompt"] == req.prompt:
-            return old["cot"], None
-        if budget.exhausted:
-            return None, budget.skip_message()
-        try:
-            cot = teacher.generate(req)
-        except ItemFailed as exc:
-            budget.record_failure()
-            return None, str(exc)
-        if cot and cot.strip():
-            return cot, None
-        budget.record_failure()
-        return None, "teacher returned an empty CoT"
+            results[i] = (old["cot"], None, None, old.get("attempts") or 0)
+        else:
+            todo.append(i)
 
-    results = map_bounded(one, requests, cfg.concurrency or teacher.concurrency)
+    if hasattr(teacher, "generate_many"):
+        # A model teacher streams requests through its endpoint client (bounded in flight).
+        def stream():
+            for i in todo:
+                if budget.exhausted:
+                    results[i] = (None, budget.skip_message(), "not_attempted", 0)
+                    continue
+                yield requests[i]
+
+        index = {requests[i].question_id: i for i in todo}
+        for out in teacher.generate_many(stream()):
+            i = index[out.key]
+            if out.cot:
+                results[i] = (out.cot, None, None, out.attempts)
+            else:
+                budget.record_failure()
+                results[i] = (None, out.error or "teacher gave no usable CoT", out.reason or "item_failed", out.attempts)
+    else:
+        def one(i: int) -> None:
+            req = requests[i]
+            if budget.exhausted:
+                results[i] = (None, budget.skip_message(), "not_attempted", 0)
+                return
+            try:
+                cot = teacher.generate(req)
+            except ItemFailed as exc:
+                budget.record_failure()
+                results[i] = (None, str(exc), getattr(exc, "reason", None) or "item_failed", 1)
+                return
+            if cot and cot.strip():
+                results[i] = (cot, None, None, 1)
+            else:
+                budget.record_failure()
+                results[i] = (None, "teacher returned an empty CoT", "empty_cot", 1)
+
+        map_bounded(one, todo, cfg.concurrency or teacher.concurrency)
     rows: dict[str, list] = {n: [] for n in COT_SCHEMA.names}
-    for req, (cot, err) in zip(requests, results):
+    for req, (cot, err, reason, attempts) in zip(requests, results):
         target = req.entities[req.target_index]
         rows["question_id"].append(req.question_id)
         rows["composite_id"].append(req.composite_id)
@@ -245,4 +299,6 @@ def distill(composites: pa.Table, teacher: Teacher, cfg: DistillConfig | None = 
         rows["cot"].append(cot)
         rows["response"].append(sft_response(cot, target["name"], target["box"]) if cot is not None else None)
         rows["error"].append(err)
+        rows["error_reason"].append(reason)
+        rows["attempts"].append(attempts)
     return pa.Table.from_pydict(rows, schema=COT_SCHEMA)
