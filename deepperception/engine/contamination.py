@@ -101,7 +101,8 @@ class _Unhashable(Exception):
 
 def default_load_bytes(row: dict) -> bytes:
     """The encoded bytes of a row: ``row["image"]`` as bytes or as a ``{bytes, path}`` struct.
-    Rows that only reference their file (``image_uri``) need the caller's loader.
+    Rows that only reference their file (``image_uri``) need the caller's loader, e.g.
+    ``lambda r: deepperception.images.read_image_bytes(r.get("image"), r.get("image_uri"))``.
 
     >>> default_load_bytes({"image": {"bytes": b"x", "path": "a.png"}})
     b'x'
@@ -111,7 +112,7 @@ def default_load_bytes(row: dict) -> bytes:
         value = value.get("bytes")
     if not value:
         uri = row.get("image_uri")
-        raise _Unhashable("no_image", f"row has no image bytes" + (f" (image_uri {uri!r}: pass load_bytes)" if uri else ""))
+        raise _Unhashable("empty_image", "row has no image bytes" + (f" (image_uri {uri!r}: pass load_bytes)" if uri else ""))
     return bytes(value)
 
 
@@ -123,9 +124,12 @@ def _load_raw(row: dict, load_bytes: LoadBytes) -> bytes:
     except FileNotFoundError as exc:
         raise _Unhashable("missing_file", f"{type(exc).__name__}: {exc}") from None
     except Exception as exc:  # a loader may fail in many ways (S3, permissions); record, not crash
+        reason = getattr(exc, "reason", None)  # deepperception.images.ImageProblem carries its code
+        if isinstance(reason, str) and reason:
+            raise _Unhashable(reason, str(getattr(exc, "detail", exc))) from None
         raise _Unhashable("load_error", f"{type(exc).__name__}: {exc}") from None
     if not data:
-        raise _Unhashable("no_image", "loader returned no bytes")
+        raise _Unhashable("empty_image", "loader returned no bytes")
     return data
 
 
