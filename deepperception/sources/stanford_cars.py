@@ -67,6 +67,7 @@ class StanfordCars(Source):
     def __init__(self, root, supercategories=None) -> None:
         super().__init__(root, supercategories)
         self._classes: list[str] | None = None
+        self._records: dict[str, list[tuple[str, int, tuple[float, float, float, float]]]] = {}
 
     def _loadmat(self, rel: str) -> dict[str, Any]:
         import scipy.io
@@ -108,43 +109,56 @@ class StanfordCars(Source):
                                "the test split needs the labelled ones (cars_test_annos.mat has no classes)",
                                uri=uri, stage=STAGE)
 
+    def records(self, split: str) -> list[tuple[str, int, tuple[float, float, float, float]]]:
+        """``(fname, class index 0-based, box as 0-based edges)`` per annotation of one split, parsed
+        once per adapter (``loadmat`` of a struct array is the slow part; ~16K records in the release)."""
+        if split in self._records:
+            return self._records[split]
+        n_classes = len(self.entities())
+        rel = self._annotations_file(split)
+        mat = self._loadmat(rel)
+        annos = mat.get("annotations")
+        if annos is None:
+            raise meta_error(self.fs, rel, "has no 'annotations' variable", field="annotations")
+        annos = np.asarray(annos).ravel()
+        names = annos.dtype.names or ()
+        lacking = [f for f in FIELDS if f not in names]
+        if lacking:
+            raise meta_error(self.fs, rel, f"annotations lack field(s) {', '.join(lacking)} "
+                             f"(has {', '.join(names) or 'none'})", field=lacking[0])
+        out = []
+        for i, rec in enumerate(annos):
+            row = i + 1  # MATLAB index of the struct element
+            field = "fname"
+            try:
+                fname = _mat_string(rec["fname"])
+                field = "class"
+                cls = int(_mat_number(rec["class"]))
+                field = "bbox"
+                x1, y1, x2, y2 = (_mat_number(rec[f]) for f in FIELDS[:4])
+            except ValueError as exc:
+                raise meta_error(self.fs, rel, f"annotations({row}).{field}: {exc}", row=row, field=field) from None
+            if not fname:
+                raise meta_error(self.fs, rel, f"annotations({row}).fname is empty", row=row, field="fname")
+            if not 1 <= cls <= n_classes:
+                raise meta_error(self.fs, rel, f"annotations({row}).class {cls} is outside 1..{n_classes} "
+                                 f"(classes of {META})", row=row, field="class")
+            if x2 < x1 or y2 < y1 or x1 < 1 or y1 < 1:
+                raise meta_error(self.fs, rel, f"annotations({row}) box {x1:g} {y1:g} {x2:g} {y2:g} is not a "
+                                 "1-based x1 y1 x2 y2 box", row=row, field="bbox")
+            out.append((fname, cls - 1, (x1 - 1.0, y1 - 1.0, x2, y2)))
+        del mat, annos
+        self._records[split] = out
+        return out
+
     def iter_images(self, split: SourceSplit = "all") -> Iterator[SourceImage]:
         classes = self.entities()
         for s in split_names(split):
-            rel = self._annotations_file(s)
-            mat = self._loadmat(rel)
-            annos = mat.get("annotations")
-            if annos is None:
-                raise meta_error(self.fs, rel, "has no 'annotations' variable", field="annotations")
-            annos = np.asarray(annos).ravel()
-            names = annos.dtype.names or ()
-            lacking = [f for f in FIELDS if f not in names]
-            if lacking:
-                raise meta_error(self.fs, rel, f"annotations lack field(s) {', '.join(lacking)} "
-                                 f"(has {', '.join(names) or 'none'})", field=lacking[0])
             image_dir = IMAGE_DIRS[s]
-            for i, rec in enumerate(annos):
-                row = i + 1  # MATLAB index of the struct element
-                field = "fname"
-                try:
-                    fname = _mat_string(rec["fname"])
-                    field = "class"
-                    cls = int(_mat_number(rec["class"]))
-                    field = "bbox"
-                    x1, y1, x2, y2 = (_mat_number(rec[f]) for f in FIELDS[:4])
-                except ValueError as exc:
-                    raise meta_error(self.fs, rel, f"annotations({row}).{field}: {exc}", row=row, field=field) from None
-                if not fname:
-                    raise meta_error(self.fs, rel, f"annotations({row}).fname is empty", row=row, field="fname")
-                if not 1 <= cls <= len(classes):
-                    raise meta_error(self.fs, rel, f"annotations({row}).class {cls} is outside 1..{len(classes)} "
-                                     f"(classes of {META})", row=row, field="class")
-                if x2 < x1 or y2 < y1 or x1 < 1 or y1 < 1:
-                    raise meta_error(self.fs, rel, f"annotations({row}) box {x1:g} {y1:g} {x2:g} {y2:g} is not a "
-                                     "1-based x1 y1 x2 y2 box", row=row, field="bbox")
+            for fname, cls, box in self.records(s):
                 path = f"{image_dir}/{fname}"
                 stem = fname.rsplit("/", 1)[-1].rsplit(".", 1)[0]
                 yield SourceImage(
-                    key=f"{s}-{stem}", entity=classes[cls - 1], uri=self.fs.uri(path), split=s,  # type: ignore[arg-type]
-                    box_px=(x1 - 1.0, y1 - 1.0, x2, y2), exists=self.fs.exists(path),
+                    key=f"{s}-{stem}", entity=classes[cls], uri=self.fs.uri(path), split=s,  # type: ignore[arg-type]
+                    box_px=box, exists=self.fs.exists(path),
                 )

@@ -92,7 +92,7 @@ def build_fgvc_aircraft(root: str | Path, n_variants: int = 3, per_variant: int 
                 image_id = f"{next_id:07d}"
                 next_id += 1
                 lines.append(f"{image_id} {name}\n")
-                box = (1 + j, 2 + v, w - j, h - 20 - v)  # 1-based inclusive, above the banner
+                box = (1 + j % 8, 2 + v % 8, w - j % 8, h - 20 - v % 8)  # 1-based inclusive, above the banner
                 box_lines.append(f"{image_id} {box[0]} {box[1]} {box[2]} {box[3]}\n")
                 tree.boxes[image_id] = tuple(float(b) for b in box)  # type: ignore[assignment]
                 path = data / "images" / f"{image_id}.jpg"
@@ -142,7 +142,7 @@ def build_stanford_cars(root: str | Path, n_classes: int = 3, per_class_train: i
             for j in range(per):
                 fname = f"{n:05d}.jpg"  # train and test both start at 00001.jpg, as published
                 n += 1
-                box = (1 + j, 1 + c, w - j, h - c)
+                box = (1 + j % 8, 1 + c % 8, w - j % 8, h - c % 8)
                 rows.append((*box, c + 1, fname))
                 tree.boxes[f"{split}-{fname[:-4]}"] = tuple(float(b) for b in box)  # type: ignore[assignment]
                 path = root / folder / fname
@@ -188,7 +188,7 @@ def build_inat2017(root: str | Path, species: dict[str, list[str]] | None = None
                 tree.sizes[stem] = (w + j, h)
                 if boxes and c["supercategory"] != "Plantae":
                     box_images.append({"id": image_id, "file_name": file_name, "width": w + j, "height": h})
-                    published = [1.0 + j, 2.0, 20.0 + j, 10.5]
+                    published = [1.0 + j % 8, 2.0, 20.0 + j % 8, 10.5]
                     if j == 0:
                         box_annos.append({"id": len(box_annos), "image_id": image_id, "category_id": c["id"],
                                           "bbox": [0, 0, 5, 5], "area": 25, "iscrowd": 0})

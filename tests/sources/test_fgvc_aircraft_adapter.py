@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from fixture_trees import build_fgvc_aircraft
 
@@ -47,12 +48,16 @@ def test_inspect_counts(tree):
 
 def test_collect_rows_reference_files(tree):
     spec = SourceSpec(source="fgvc-aircraft", root=str(tree.root), category="aircraft", split="seen")
-    table = __import__("pyarrow").Table.from_batches(list(collect_batches(spec, batch_rows=4)))
+    table = pa.Table.from_batches(list(collect_batches(spec, batch_rows=4)))
     assert table.num_rows == 14  # 15 named, 1 missing
     rows = table.to_pylist()
     assert all(r["image"] is None and Path(r["image_uri"]).is_file() for r in rows)
-    assert {r["pool"] for r in rows if r["image_id"].split("/")[-1] in tree.boxes} == {"train", "test"}
+    split_of = {im.key: im.split for im in open_source("fgvc-aircraft", tree.root).iter_images()}
+    assert all(r["pool"] == split_of[r["image_id"].rsplit("/", 1)[1]] for r in rows)  # trainval -> train
     assert sum(r["pool"] == "train" for r in rows) == 9
+    for r in rows:
+        xmin, ymin, xmax, ymax = tree.boxes[r["image_id"].rsplit("/", 1)[1]]
+        assert r["source_box_px"] == [xmin - 1, ymin - 1, xmax, ymax]
     f16 = [r for r in rows if r["name"] == "F-16A/B"]
     assert f16[0]["entity_id"] == "aircraft/f-16a-b" and f16[0]["image_id"].startswith("aircraft/f-16a-b/00")
     assert all(r["crop_bottom"] == 20 and r["source"] == "fgvc-aircraft" for r in rows)

@@ -21,7 +21,8 @@ def test_entities_and_hash_split(tree):
     assert src.entities() == tree.entities  # underscores read as spaces
     train, test = list(src.iter_images("train")), list(src.iter_images("test"))
     assert len(train) + len(test) == 24 and train and test
-    assert {im.key for im in train}.isdisjoint({im.key + "?" for im in test})
+    assert all(src.pool_of(im.entity, im.key) == im.split for im in train + test)
+    assert {(im.entity, im.key) for im in train}.isdisjoint({(im.entity, im.key) for im in test})
     assert all(im.box_px is None and im.exists for im in train + test)
     assert any(im.uri.endswith(".png") for im in train + test)
     assert [im.key for im in open_source("image-folder", tree.root, test_fraction=0.0).iter_images("test")] == []
