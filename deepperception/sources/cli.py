@@ -26,11 +26,19 @@ def data_inspect(
     split: str = typer.Option("all", "--split", help="train, test or all (the dataset's own splits)."),
     supercategory: Optional[List[str]] = typer.Option(
         None, "--supercategory", help="Keep only this supercategory (inat2017; repeatable, e.g. Reptilia, Aves)."),
+    category: Optional[str] = typer.Option(
+        None, "--category", help="image-folder only: the bench category, so the hash split equals collection's."),
+    test_fraction: Optional[float] = typer.Option(
+        None, "--test-fraction", help="image-folder only: share of photos hashed into test (default 0.25)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="image-folder only: seed of the split hash (default 0)."),
 ) -> None:
     """Print ONE JSON object: source, split, entities, images, images_with_box, missing, per_entity."""
     from deepperception.sources.inspect import inspect_source
 
-    report = inspect_source(source, root, split=split, supercategories=supercategory or None)
+    # image-folder has no split metadata; its hash split takes these (any other source refuses them).
+    opts = {k: v for k, v in (("category", category), ("test_fraction", test_fraction), ("seed", seed))
+            if v is not None}
+    report = inspect_source(source, root, split=split, supercategories=supercategory or None, **opts)
     typer.echo(json.dumps(report, ensure_ascii=False))
 
 

@@ -60,8 +60,9 @@ class SourceSpec(BaseModel):
 
     source: str = Field(description=f"Adapter name: {', '.join(SOURCES)}.")
     root: str = Field(min_length=1, description="Dataset root in its published layout: a directory or s3://bucket/prefix.")
-    category: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9_-]*$",
-                          description="Bench category the entities belong to (e.g. aircraft, car, bird); prefixes every id.")
+    category: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                          description="Bench category the entities belong to (e.g. aircraft, car, bird); prefixes "
+                          "every id, so it holds no '/' or space.")
     split: Literal["seen", "unseen"] = Field(
         description="'seen': used for training (pools follow the dataset's splits); 'unseen': benchmark only (pool test).")
     source_split: Literal["train", "test", "all"] = Field(

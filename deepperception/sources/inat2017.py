@@ -120,9 +120,11 @@ class INat2017(Source):
         return {k: c for k, c in cats.items() if c.supercategory.lower() in wanted}
 
     def categories(self) -> dict[int, _Category]:
-        """The kept categories (after the supercategory filter), by id."""
+        """The kept categories (after the supercategory filter), by id: those of ``train2017.json``,
+        or of ``val2017.json`` where only the validation annotations were downloaded."""
         if self._categories is None:
-            self._split_index("train")
+            only_val = not self.fs.is_file(SPLIT_FILES["train"]) and self.fs.is_file(SPLIT_FILES["test"])
+            self._split_index("test" if only_val else "train")
         assert self._categories is not None
         return self._categories
 

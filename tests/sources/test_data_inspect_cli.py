@@ -88,3 +88,20 @@ def test_console_script(tmp_path):
     assert p.returncode == 0, p.stderr
     report = json.loads(p.stdout)
     assert list(report) == KEYS and (report["images"], report["missing"]) == (6, 1)
+
+
+def test_image_folder_split_options_match_collection(tmp_path):
+    from fixture_trees import build_image_folder
+
+    from deepperception.sources.collect import SourceSpec, collect_batches
+
+    tree = build_image_folder(tmp_path / "folder", n_entities=2, per_entity=10)
+    r = _run("--source", "image-folder", "--root", str(tree.root), "--split", "test",
+             "--category", "thing", "--test-fraction", "0.5", "--seed", "4")
+    assert r.exit_code == 0, r.output
+    spec = SourceSpec(source="image-folder", root=str(tree.root), category="thing", split="seen",
+                      test_fraction=0.5, seed=4, min_images_per_entity=1)
+    rows = [row for b in collect_batches(spec) for row in b.to_pylist()]
+    assert json.loads(r.stdout)["images"] == sum(row["pool"] == "test" for row in rows) > 0
+    r = _run("--source", "food101", "--root", str(tree.root), "--seed", "4")
+    assert r.exit_code == 2 and "source food101 takes no option seed" in r.stderr

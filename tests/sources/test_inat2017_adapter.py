@@ -71,4 +71,14 @@ def test_bad_json_names_file_line_and_record(tree):
         list(open_source("inat2017", tree.root).iter_images("test"))
     (tree.root / "train2017.json").unlink()
     with pytest.raises(InputDataError, match=r"train2017\.json is missing"):
+        list(open_source("inat2017", tree.root).iter_images("train"))
+
+
+def test_validation_annotations_alone_are_enough_for_the_test_split(tree):
+    (tree.root / "train2017.json").unlink()
+    src = open_source("inat2017", tree.root, supercategories=["Aves"])
+    assert src.entities() == INAT_SPECIES["Aves"]
+    assert len(list(src.iter_images("test"))) == 6
+    (tree.root / "val2017.json").unlink()
+    with pytest.raises(InputDataError, match=r"train2017\.json is missing"):
         open_source("inat2017", tree.root).entities()

@@ -94,4 +94,4 @@ def test_spec_validation():
     with pytest.raises(ValueError, match="unknown source 'imagenet'"):
         SourceSpec(source="imagenet", root="/x", category="a", split="seen")
     with pytest.raises(ValueError, match="category"):
-        SourceSpec(source="food101", root="/x", category="Food Stuff", split="seen")
+        SourceSpec(source="food101", root="/x", category="food/stuff", split="seen")
