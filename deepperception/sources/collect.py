@@ -166,7 +166,8 @@ def _iter(spec: SourceSpec, plan: _Plan) -> Iterator[tuple[str, dict[str, Any]]]
             raise RuntimeError(f"{spec.source} yielded entity {im.entity!r} missing from its entities()")
         image_id = f"{eid}/{im.key}"
         if not im.exists:
-            yield "drop", _drop(image_id, eid, im.uri, "missing_file", f"the metadata names {im.uri}, which is absent")
+            yield "drop", _drop(image_id, eid, im.uri, "missing_file",
+                                f"named by the {spec.source} metadata, absent from the tree")
             continue
         if im.entity not in kept:
             yield "drop", _drop(image_id, eid, im.uri, "too_few_photos",
