@@ -356,7 +356,8 @@ class NearDuplicateScan:
         self.load_bytes = load_bytes or default_load_bytes
         self.min_crop_side = min_crop_side
         self.checked: Counter = Counter()
-        self._matches: list[pa.Table] = []
+        self.unhashable: Counter = Counter()
+        self._matches: list[pa.Table] = []  # matched rows only: few by nature, unlike unhashable items
 
     def _items(self, batch: pa.RecordBatch | pa.Table) -> Iterator[_Item]:
         kind = _kind_of(batch.schema.names, "contamination")
@@ -435,15 +436,16 @@ class NearDuplicateScan:
         for (n, b), dist in sorted(best.items()):
             add(items[n], b, dist)
         table = pa.Table.from_pydict(rows, schema=MATCH_SCHEMA)
-        self._matches.append(table)
+        self.unhashable.update(r for r in rows["hash_reason"] if r is not None)
+        self._matches.append(_matched(table))
         return table
 
     def table(self) -> pa.Table:
-        """Everything :meth:`scan` returned so far (matches are few; they are kept)."""
+        """The matched rows :meth:`scan` returned so far (unhashable items are only counted)."""
         return pa.concat_tables(self._matches) if self._matches else MATCH_SCHEMA.empty_table()
 
     def summary(self) -> dict[str, Any]:
-        return contamination_summary(self.table(), self.index, checked=dict(self.checked),
+        return contamination_summary(self.table(), self.index, checked=dict(self.checked), unhashable=dict(self.unhashable),
                                      max_distance=self.max_distance, max_dhash_distance=self.max_dhash_distance)
 
 
@@ -454,9 +456,8 @@ def find_near_duplicates(train_batches: Iterable[pa.RecordBatch | pa.Table], ind
     Rows with a null ``bench_id`` are items that could not be hashed (``hash_reason``)."""
     scan = NearDuplicateScan(index, max_distance=max_distance, max_dhash_distance=max_dhash_distance,
                              load_bytes=load_bytes, min_crop_side=min_crop_side)
-    for batch in train_batches:
-        scan.scan(batch)
-    return scan.table()
+    parts = [scan.scan(batch) for batch in train_batches]
+    return pa.concat_tables(parts) if parts else MATCH_SCHEMA.empty_table()
 
 
 def _matched(matches: pa.Table) -> pa.Table:
@@ -464,9 +465,10 @@ def _matched(matches: pa.Table) -> pa.Table:
 
 
 def contamination_summary(matches: pa.Table, index: BenchIndex | None = None, *, checked: dict[str, int] | None = None,
-                          max_distance: int | None = None, max_dhash_distance: int | None = None, examples: int = 5) -> dict[str, Any]:
+                          unhashable: dict[str, int] | None = None, max_distance: int | None = DEFAULT_MAX_DISTANCE,
+                          max_dhash_distance: int | None = DEFAULT_MAX_DHASH_DISTANCE, examples: int = 5) -> dict[str, Any]:
     """A JSON-able summary for manifests and data cards (``cards.render_card`` reads it from
-    ``meta["contamination"]``)."""
+    ``meta["contamination"]``); ``unhashable`` defaults to the reasons in ``matches``."""
     hit = _matched(matches)
     failed = matches.filter(pc.is_null(matches.column("bench_id")))
     kinds = hit.column("train_kind").to_pylist()
@@ -478,7 +480,7 @@ def contamination_summary(matches: pa.Table, index: BenchIndex | None = None, *,
         "bench_probes": index.counts() if index is not None else None,
         "bench_skipped": dict(index.skipped) if index is not None else None,
         "checked": checked,
-        "unhashable": dict(sorted(Counter(failed.column("hash_reason").to_pylist()).items())),
+        "unhashable": dict(sorted((unhashable if unhashable is not None else Counter(failed.column("hash_reason").to_pylist())).items())),
         "pairs": hit.num_rows,
         "contaminated": dict(sorted(Counter(k for k, _ in {(k, i) for k, i in zip(kinds, ids)}).items())),
         "contaminated_image_ids": len(contaminated_ids(matches, "image_id")),

@@ -124,6 +124,11 @@ def test_composite_crop_taken_from_a_bench_photo_is_found(world):
     assert s["contaminated"]["crop"] == len({r["train_id"] for r in hits})
     assert s["contaminated_composite_ids"] == len({r["composite_id"] for r in hits})
     assert s["bench_probes"] == index.counts() and s["max_distance"] == 10
+    json.dumps(s)  # goes into manifests as is
+    from deepperception.engine.cards import DataCardStats, render_card
+
+    md, _ = render_card(DataCardStats(), {"contamination": s})
+    assert f"| crop | {len(ents)} | {s['contaminated']['crop']} |" in md and "imagehash" in md
 
 
 def test_unhashable_items_are_recorded_with_reason(world, tmp_path):
@@ -152,6 +157,10 @@ def test_unhashable_items_are_recorded_with_reason(world, tmp_path):
                    "plane/bad/nobytes": ("load_error", None)}
     assert "does not decode" in m.column("hash_error")[0].as_py()
     # without a loader, a row that only references its file says so
+    scan = NearDuplicateScan(index, load_bytes=load)
+    assert scan.scan(batch).num_rows == 3 and scan.table().num_rows == 0  # only matches are kept
+    assert scan.summary()["unhashable"] == {"corrupt_image": 1, "load_error": 1, "missing_file": 1}
+    assert scan.summary()["checked"] == {"photo": 3}
     d = find_near_duplicates([batch.slice(1, 1)], index)
     assert d.column("hash_reason").to_pylist() == ["empty_image"] and "pass load_bytes" in d.column("hash_error")[0].as_py()
     # a corrupt BENCH image is an error naming the row: a partial bench would pass wrongly

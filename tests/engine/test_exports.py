@@ -143,3 +143,44 @@ def test_grpo_bad_input(composites, tmp_path):
         export_grpo([grpo.drop_columns(["solution"])], tmp_path)
     with pytest.raises(InputDataError, match="no GRPO rows"):
         export_grpo([grpo.slice(0, 0)], tmp_path)
+
+
+def test_exports_stream_in_bounded_memory(tmp_path):
+    """Peak traced (Python) memory does not grow with the number of rows: one batch at a time."""
+    import tracemalloc
+
+    png = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(png, format="PNG")
+    msgs = json.dumps([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q" * 200}]},
+                       {"role": "assistant", "content": [{"type": "text", "text": "A" * 400}]}])
+    grpo_schema = pa.schema([("question_id", pa.string()), ("category", pa.string()),
+                             ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+                             ("problem", pa.string()), ("solution", pa.string())])
+
+    def sft_batches(n):
+        for b in range(n):
+            yield pa.RecordBatch.from_pylist([{"question_id": f"c/{b}-{i}", "messages": msgs, "images": [png.getvalue()]}
+                                              for i in range(20)], schema=SFT_SCHEMA)
+
+    def grpo_batches(n):
+        for b in range(n):
+            yield pa.RecordBatch.from_pylist([{"question_id": f"{c}/{b}-{i}", "category": c, "problem": "P" * 200, "solution": "S" * 100,
+                                               "image": {"bytes": png.getvalue(), "path": None}} for i in range(10) for c in ("a", "b")],
+                                             schema=grpo_schema)
+
+    def peak(fn):
+        tracemalloc.start()
+        fn()
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return top
+
+    export_sharegpt(sft_batches(1), tmp_path / "s0", "x")  # warm-up: first-call imports and caches
+    export_grpo(grpo_batches(1), tmp_path / "g0")
+    small = peak(lambda: export_sharegpt(sft_batches(10), tmp_path / "s1", "x"))
+    large = peak(lambda: export_sharegpt(sft_batches(100), tmp_path / "s2", "x"))
+    assert large - small < 256 * 1024, (small, large)  # 10x the rows; rows kept in Python would add > 1 MB
+    small = peak(lambda: export_grpo(grpo_batches(10), tmp_path / "g1"))
+    large = peak(lambda: export_grpo(grpo_batches(100), tmp_path / "g2"))
+    assert large - small < 256 * 1024, (small, large)  # 10x the rows; rows kept in Python would add > 1 MB
+    assert pq.read_metadata(tmp_path / "g2" / "grpo-a.parquet").num_rows == 1000
