@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 
 from deepperception.cli_errors import ErrorHandlingGroup, debug_enabled, hide_console_tracebacks
+from deepperception.sources.cli import data_app
 from deepperception.store.cli import EndpointOpt, StoreOpt, artifacts_app
 
 app = typer.Typer(
@@ -22,6 +23,7 @@ app = typer.Typer(
          "1 internal error (a bug: rerun with --debug for the traceback).",
 )
 app.add_typer(artifacts_app, name="artifacts")
+app.add_typer(data_app, name="data")
 
 REPAIR_ENV = "DP_STORE_REPAIR"
 

@@ -28,6 +28,9 @@ from deepperception.engine.composition import CompositionConfig
 from deepperception.engine.distillation import DistillConfig
 from deepperception.engine.filtering import FilterConfig
 from deepperception.engine.labeling import LabelConfig
+from deepperception.engine.shard_runner import ShardRunnerConfig
+from deepperception.serving.endpoint import EndpointConfig
+from deepperception.sources.collect import SourceSpec
 from deepperception.training.grpo import GRPOStageConfig
 from deepperception.training.launch import LaunchConfig
 from deepperception.training.sft import SFTStageConfig
@@ -51,29 +54,50 @@ class ImageFolderSource(_Strict):
 class DataSourceConfig(_Strict):
     """Where entities and single-entity images come from."""
 
-    kind: Literal["synthetic", "image_folder"] = Field(
-        "synthetic", description="synthetic: the embedded procedural domain; image_folder: real datasets."
+    kind: Literal["synthetic", "datasets", "image_folder"] = Field(
+        "synthetic", description="synthetic: the embedded procedural domain; datasets: real FGVR datasets in their "
+        "own published layouts (`sources`); image_folder: the older spelling of image-folder sources (`folders`)."
     )
     synthetic: SyntheticDomainConfig = Field(default_factory=SyntheticDomainConfig)
+    sources: list[SourceSpec] = Field(
+        default_factory=list, description="kind=datasets: one entry per bench category (fgvc-aircraft -> aircraft, "
+        "stanford-cars -> car, inat2017 Reptilia -> reptilia, inat2017 Aves -> bird, food101 -> food, ...).")
     folders: list[ImageFolderSource] = Field(default_factory=list, description="Used when kind=image_folder.")
 
     @model_validator(mode="after")
-    def _check_folders(self) -> "DataSourceConfig":
+    def _check_sources(self) -> "DataSourceConfig":
         if self.kind == "image_folder" and not self.folders:
             raise ValueError("kind=image_folder needs at least one entry in folders")
+        if self.kind == "datasets" and not self.sources:
+            raise ValueError("kind=datasets needs at least one entry in sources")
+        cats = [s.category for s in self.source_specs()]
+        dup = sorted({c for c in cats if cats.count(c) > 1})
+        if dup:
+            raise ValueError(f"categories {dup} come from more than one source; give each source its own category")
         return self
 
+    def source_specs(self) -> list[SourceSpec]:
+        """Every real source as a ``SourceSpec`` (image folders are the ``image-folder`` adapter)."""
+        if self.kind == "datasets":
+            return list(self.sources)
+        if self.kind == "image_folder":
+            return [SourceSpec(source="image-folder", root=f.root, category=f.category, split=f.split,
+                               max_images_per_entity=f.max_images_per_entity, min_images_per_entity=1)
+                    for f in self.folders]
+        return []
 
-class EndpointConfig(_Strict):
-    """An OpenAI-compatible endpoint. The API key is read from an environment variable, never
-    stored in configs or manifests."""
 
-    base_url: str = Field("http://127.0.0.1:8000/v1", description="Base URL including /v1.")
-    model: str = Field("Qwen2-VL-72B-Instruct", description="Model name the server expects.")
-    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
-    timeout_s: float = Field(120.0, gt=0)
-    max_retries: int = Field(3, ge=0)
-    concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
+class ShardingConfig(_Strict):
+    """How long stages split their work. Part of the versions of the stages whose output layout it
+    decides (collection, composition), so a resumed run always continues the same shard plan."""
+
+    images_per_shard: int = Field(
+        512, ge=1, description="Rows per part of the images table; one labeling shard per part (the unit a crash "
+        "loses and a rerun redoes).")
+    composites_per_shard: int = Field(
+        64, ge=1, description="Composites rendered per composition shard; distillation then runs one shard per part.")
+    max_part_bytes: int = Field(
+        128 * 1024 * 1024, ge=1024, description="A Parquet part is closed past this size (tables with image bytes).")
 
 
 class LabelingStageConfig(_Strict):
@@ -186,6 +210,11 @@ class ReproductionConfig(_Strict):
     rl_filter: RLFilterConfig = Field(default_factory=RLFilterConfig)
     grpo: GRPOStageConfig = Field(default_factory=lambda: GRPOStageConfig.profile("cpu_tiny"))
     evaluation: EvalStageConfig = Field(default_factory=EvalStageConfig)
+    sharding: ShardingConfig = Field(default_factory=ShardingConfig)
+    runner: ShardRunnerConfig = Field(
+        default_factory=ShardRunnerConfig,
+        description="Where shards run: threads in this process (default) or Ray (local or a cluster). Not part of any "
+        "artifact version; env DP_SHARD_RUNNER / DP_RAY_ADDRESS override it.")
     launch: LaunchConfig = Field(
         default_factory=LaunchConfig,
         description="How training processes start (in process on CPU; accelerate + ZeRO-3 on GPU workers). "

@@ -63,12 +63,12 @@ def reproduce(
     f = lambda name: name in force  # noqa: E731
 
     entities = stages.mine_entities(cfg.data, uri, f("mine"))
-    images = stages.collect_images(cfg.data, cfg.collection, entities, uri, f("collect"))
-    labeled = stages.label_boxes(cfg.labeling, images, uri, f("label"))
-    train_composites = stages.compose_images(cfg.compose_train, labeled, uri, f("compose"))
-    bench_composites = stages.compose_images(cfg.compose_bench, labeled, uri, f("compose"))
+    images = stages.collect_images(cfg.data, cfg.collection, entities, uri, f("collect"), cfg.sharding)
+    labeled = stages.label_boxes(cfg.labeling, images, uri, f("label"), cfg.runner)
+    train_composites = stages.compose_images(cfg.compose_train, labeled, uri, f("compose"), cfg.sharding, cfg.runner)
+    bench_composites = stages.compose_images(cfg.compose_bench, labeled, uri, f("compose"), cfg.sharding, cfg.runner)
     bench = stages.build_bench(cfg.datasets, bench_composites, uri, f("bench"))
-    cot = stages.distill_cot(cfg.distillation, train_composites, entities, uri, f("distill"))
+    cot = stages.distill_cot(cfg.distillation, train_composites, entities, uri, f("distill"), cfg.runner)
     kept = stages.filter_cot(cfg.filtering, cot, uri, f("filter"))
     data = stages.build_training_data(cfg.datasets, kept, train_composites, uri, f("training-data"))
 

@@ -17,7 +17,9 @@ from deepperception.config import (
     EvalStageConfig,
     LabelingStageConfig,
     RLFilterConfig,
+    ShardingConfig,
 )
+from deepperception.engine.shard_runner import ShardRunnerConfig
 from deepperception.engine.collection import CollectionConfig
 from deepperception.engine.composition import CompositionConfig
 from deepperception.engine.filtering import FilterConfig
@@ -36,20 +38,23 @@ def mine_entities(config: DataSourceConfig, store_uri: str | None = None, force:
 
 @flow(name="collect-images", on_completion=[record_stage_result])
 def collect_images(source: DataSourceConfig, config: CollectionConfig, entities: ArtifactRef,
-                   store_uri: str | None = None, force: bool = False) -> ArtifactRef:
-    return engine.collect_images_task(source, config, entities, store_uri, force)
+                   store_uri: str | None = None, force: bool = False,
+                   sharding: ShardingConfig | None = None) -> ArtifactRef:
+    return engine.collect_images_task(source, config, entities, store_uri, force, sharding)
 
 
 @flow(name="label-boxes", on_completion=[record_stage_result])
 def label_boxes(config: LabelingStageConfig, images: ArtifactRef,
-                store_uri: str | None = None, force: bool = False) -> ArtifactRef:
-    return engine.label_boxes_task(config, images, store_uri, force)
+                store_uri: str | None = None, force: bool = False,
+                runner: ShardRunnerConfig | None = None) -> ArtifactRef:
+    return engine.label_boxes_task(config, images, store_uri, force, runner)
 
 
 @flow(name="compose-images", on_completion=[record_stage_result])
 def compose_images(config: CompositionConfig, labeled: ArtifactRef,
-                   store_uri: str | None = None, force: bool = False) -> ArtifactRef:
-    return engine.compose_task(config, labeled, store_uri, force)
+                   store_uri: str | None = None, force: bool = False, sharding: ShardingConfig | None = None,
+                   runner: ShardRunnerConfig | None = None) -> ArtifactRef:
+    return engine.compose_task(config, labeled, store_uri, force, sharding, runner)
 
 
 @flow(name="build-bench", on_completion=[record_stage_result])
@@ -60,8 +65,9 @@ def build_bench(config: DatasetsConfig, composites: ArtifactRef,
 
 @flow(name="distill-cot", on_completion=[record_stage_result])
 def distill_cot(config: DistillationStageConfig, composites: ArtifactRef, entities: ArtifactRef,
-                store_uri: str | None = None, force: bool = False) -> ArtifactRef:
-    return engine.distill_cot_task(config, composites, entities, store_uri, force)
+                store_uri: str | None = None, force: bool = False,
+                runner: ShardRunnerConfig | None = None) -> ArtifactRef:
+    return engine.distill_cot_task(config, composites, entities, store_uri, force, runner)
 
 
 @flow(name="filter-cot", on_completion=[record_stage_result])

@@ -49,6 +49,18 @@ def read_input_table(store: ArtifactStore, ref: ArtifactRef, consumer: str, tabl
     return data
 
 
+def require_input_rows(store: ArtifactStore, ref: ArtifactRef, consumer: str, table: str = "data") -> int:
+    """:func:`read_input_table`'s check without reading the table: its row count from the manifest."""
+    n = store.num_rows(ref, table)
+    if n == 0:
+        where = "" if table == "data" else f" (table {table!r})"
+        raise InputDataError(
+            f"input {ref}{where} has no rows; stage {consumer!r} cannot run on an empty table. "
+            f"Rerun the stage that produced {ref.name} (force it if it was committed empty)",
+            stage=consumer, artifact=str(ref))
+    return n
+
+
 def checkpoint_dir(store: ArtifactStore, ref: ArtifactRef) -> Path:
     """Local directory of a checkpoint artifact: an external directory recorded by reference
     (a 7B checkpoint is not copied into the store) or the materialised files of a stored one."""

@@ -1,15 +1,22 @@
 """Thin Prefect tasks of the data engine: read input artifacts, call the library, commit output.
 
 Each task takes and returns artifact references only; the heavy lifting is in
-``deepperception.domain`` and ``deepperception.engine``.
+``deepperception.domain``, ``deepperception.sources`` and ``deepperception.engine``.
+
+Tables stream: every output is written in bounded Parquet parts and every input read part by
+part, so a stage's memory does not grow with its input. The long stages (labeling, composition,
+distillation) run shard by shard through :func:`tasks.sharding.map_shards` (threads or Ray); each
+finished shard is committed on its own, so a stage killed half way, rerun, computes only the
+shards it had not finished, and the version it commits equals an uninterrupted run's.
 """
 
 from __future__ import annotations
 
-import os
 from collections import Counter
+from typing import Any, Callable, Iterable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from prefect import task
 
 from deepperception.config import (
@@ -17,16 +24,24 @@ from deepperception.config import (
     DatasetsConfig,
     DistillationStageConfig,
     LabelingStageConfig,
+    ShardingConfig,
 )
 from deepperception.domain.entity import entities_to_table
 from deepperception.domain.synthetic import mine_entities
-from deepperception.engine import collection, composition, datasets, distillation, failures, filtering, labeling
+from deepperception.engine import collection, composition, datasets, failures, filtering, shard_stages
 from deepperception.engine.collection import CollectionConfig
+from deepperception.engine.common import REJECTED_SCHEMA, merge_counts
 from deepperception.engine.composition import CompositionConfig
 from deepperception.engine.filtering import FilterConfig
+from deepperception.engine.shard_runner import ShardRunnerConfig
+from deepperception.engine.sharding import gather, plan_shards
+from deepperception.errors import InputDataError
 from deepperception.store import ArtifactRef
 from deepperception.store.stage import run_stage
-from tasks.common import TASK_DEFAULTS, open_store, read_input_table, run_logger
+from tasks.common import TASK_DEFAULTS, open_store, read_input_table, require_input_rows, run_logger
+from tasks.sharding import map_shards
+
+DEFAULT_SHARDING = ShardingConfig()
 
 
 def _commit_table(writer, table: pa.Table, **meta) -> dict:
@@ -35,122 +50,217 @@ def _commit_table(writer, table: pa.Table, **meta) -> dict:
     return {"rows": table.num_rows, **meta}
 
 
-def _previous_attempt(store, writer, logger, id_column: str, error_column: str) -> pa.Table | None:
-    """The table of the latest partial attempt at this version (the store hands it over as
-    ``writer.previous``), whose good rows the stage keeps while it retries the failed ones."""
-    prev = writer.previous
-    if prev is None:
-        return None
-    table = store.read_table(prev)
-    s = failures.summarize_table(table, id_column, error_column)
-    logger.info("%s: %s had %d of %d items failed; keeping the %d good ones and retrying the rest",
-                writer.stage, prev, s.failed, s.total, s.good)
-    return table
-
-
-def _check_failures(writer, logger, table: pa.Table, id_column: str, error_column: str, max_failure_rate: float,
-                    hint: str = "") -> dict:
-    """Fail the stage (commit nothing) past the limit; else the manifest's ``failures`` entry,
-    which makes a version with failed items partial, so a rerun retries them."""
-    s = failures.summarize_table(table, id_column, error_column)
-    failures.enforce_failure_limit(s, stage=writer.stage, artifact=writer.name, max_failure_rate=max_failure_rate,
-                                   hint=hint)
-    if s.failed:
-        logger.warning("%s: %d of %d items of %s failed (within max_failure_rate %.1f%%); committed as a partial "
-                       "version, a rerun retries them. First errors: %s", writer.stage, s.failed, s.total,
-                       writer.name, 100 * max_failure_rate, "; ".join(s.examples))
-    return s.to_metadata()
-
-
 def _endpoint_hint(backend: str, endpoint) -> str:
     return f" (backend {backend}, endpoint {endpoint.base_url}, model {endpoint.model}: is the server up?)"
 
 
+def _runner(runner: ShardRunnerConfig | None) -> ShardRunnerConfig:
+    return (runner or ShardRunnerConfig()).with_env()
+
+
+def _sum_failures(records: list) -> failures.FailureSummary:
+    """The stage's failures over all shards (examples: the first few, in shard order)."""
+    failed = total = 0
+    examples: list[str] = []
+    for r in records:
+        f = (r.metadata or {}).get("failures") or {}
+        failed += int(f.get("failed", 0))
+        total += int(f.get("total", 0))
+        examples += [e for e in f.get("examples", []) if len(examples) < failures.N_EXAMPLES]
+    return failures.FailureSummary(failed=failed, total=total, examples=examples[:failures.N_EXAMPLES])
+
+
+def _check_failures(writer, logger, summary: failures.FailureSummary, max_failure_rate: float, hint: str = "",
+                    not_attempted: int = 0) -> dict:
+    """Fail the stage (commit nothing) past the limit; else the manifest's ``failures`` entry,
+    which makes a version with failed items partial, so a rerun retries them."""
+    if not_attempted:
+        summary = failures.FailureSummary(summary.failed, summary.total, summary.examples, skipped=not_attempted)
+    failures.enforce_failure_limit(summary, stage=writer.stage, artifact=writer.name,
+                                   max_failure_rate=max_failure_rate, hint=hint)
+    if summary.failed:
+        logger.warning("%s: %d of %d items of %s failed (within max_failure_rate %.1f%%); committed as a partial "
+                       "version, a rerun retries them. First errors: %s", writer.stage, summary.failed, summary.total,
+                       writer.name, 100 * max_failure_rate, "; ".join(summary.examples))
+    return summary.to_metadata()
+
+
+def _run_shards(store, w, logger, unit: str, n_shards: int, spec: Callable[[int], dict], fn,
+                runner: ShardRunnerConfig | None) -> list:
+    """Run the shards of ``w``'s version that are not finished yet; every shard's record, in order."""
+    plan = plan_shards(store, w.ref, unit, n_shards, spec)
+    if plan.done:
+        logger.info("%s: resuming %s: %d of %d shard(s) already finished, %d to run (%d of them to retry failed "
+                    "items)", w.stage, w.ref, len(plan.done), n_shards, len(plan.jobs),
+                    sum(1 for j in plan.jobs if j.redo))
+    results = map_shards(fn, plan.jobs, _runner(runner), name=f"{w.stage}-shard",
+                         shard_ids=[j.index for j in plan.jobs]) if plan.jobs else []
+    return gather(plan, results)
+
+
+def _write_stream(writer, name: str, batches: Iterable[pa.Table | pa.RecordBatch], schema: pa.Schema,
+                  max_rows: int | None = None, max_bytes: int | None = None) -> int:
+    with writer.table_writer(name, schema=schema, max_rows=max_rows, max_bytes=max_bytes) as tw:
+        for b in batches:
+            if b.num_rows:
+                tw.write(b)
+    return tw.rows
+
+
 @task(name="mine-entities", **TASK_DEFAULTS)
 def mine_entities_task(config: DataSourceConfig, store_uri: str | None = None, force: bool = False) -> ArtifactRef:
-    """Entities with knowledge cards (synthetic), or the entity names of real image folders."""
+    """Entities with knowledge cards (synthetic), or the entities of real datasets (by source)."""
+    from deepperception.sources.collect import source_entities
+
     store = open_store(store_uri)
 
     def produce(w):
         if config.kind == "synthetic":
             entities = mine_entities(config.synthetic)
         else:
-            entities = [e for src in config.folders
-                        for e in collection.folder_entities(src.root, src.category, src.split)]
+            entities = [e for spec in config.source_specs() for e in source_entities(spec)]
         table = entities_to_table(entities)
         return _commit_table(w, table, per_category=dict(Counter(e.category for e in entities)))
 
     return run_stage(store, "entities", "mine", config, {}, produce, force=force,
-                     code=("deepperception.domain.synthetic", "deepperception.domain.entity", "deepperception.engine.collection"), task_module=__name__)[0]
+                     code=("deepperception.domain.synthetic", "deepperception.domain.entity",
+                           "deepperception.sources"), task_module=__name__)[0]
 
 
 @task(name="collect-images", **TASK_DEFAULTS)
 def collect_images_task(
     source: DataSourceConfig, config: CollectionConfig, entities: ArtifactRef,
-    store_uri: str | None = None, force: bool = False,
+    store_uri: str | None = None, force: bool = False, sharding: ShardingConfig | None = None,
 ) -> ArtifactRef:
+    """Single-entity photos: rendered (synthetic) or read from datasets in their own layouts. Real
+    photos are referenced by URI, never copied; each part of the table is one labeling shard."""
+    from deepperception.sources.collect import collect_batches
+
     store = open_store(store_uri)
+    shards = sharding or DEFAULT_SHARDING
 
     def produce(w):
-        if source.kind == "synthetic":
-            table = collection.collect_images(read_input_table(store, entities, "collect"), config)
-        else:
-            parts = [
-                collection.collect_from_image_folder(
-                    f.root, f.category, f.split, test_fraction=config.test_fraction, seed=config.seed,
-                    max_images_per_entity=f.max_images_per_entity)
-                for f in source.folders
-            ]
-            table = pa.concat_tables(parts)
-        pools = Counter(table.column("pool").to_pylist())
-        return _commit_table(w, table, pools=dict(pools))
+        drops: list[dict] = []
+        pools: Counter = Counter()
 
-    stage_cfg = {"source": source.model_dump(mode="json"), "collection": config.model_dump(mode="json")}
+        def batches():
+            if source.kind == "synthetic":
+                table = collection.collect_images(read_input_table(store, entities, "collect"), config)
+                yield from table.to_batches(max_chunksize=1024)
+                return
+            for spec in source.source_specs():
+                yield from collect_batches(spec, on_drop=drops.append)
+
+        def counted():
+            for b in batches():
+                pools.update(b.column("pool").to_pylist())
+                yield b
+
+        rows = _write_stream(w, "data", counted(), collection.IMAGES_SCHEMA, max_rows=shards.images_per_shard)
+        failures.require_rows(pa.table({"n": [0] * rows}), stage=w.stage, artifact=w.name)
+        rejected = [{"item_id": d["item_id"], "stage": "collect", "reason": d["reason"],
+                     "detail": f"{d.get('uri') or ''} {d['detail']}".strip()} for d in drops]
+        w.write_table(pa.Table.from_pylist(rejected, schema=REJECTED_SCHEMA), "rejected")
+        return {"rows": rows, "pools": dict(pools), "rejected": dict(Counter(d["reason"] for d in drops))}
+
+    stage_cfg = {"source": source.model_dump(mode="json"), "collection": config.model_dump(mode="json"),
+                 "images_per_shard": shards.images_per_shard}
     return run_stage(store, "images", "collect", stage_cfg, {"entities": entities}, produce, force=force,
-                     code=("deepperception.engine.collection",), task_module=__name__)[0]
-
-
-def make_labeler(config: LabelingStageConfig) -> labeling.BoxLabeler:
-    if config.backend == "oracle":
-        return labeling.OracleLabeler()
-    ep = config.endpoint
-    return labeling.OpenAIGroundingLabeler(
-        base_url=ep.base_url, model=ep.model, api_key=os.environ.get(ep.api_key_env, "EMPTY"),
-        timeout=ep.timeout_s, max_retries=ep.max_retries, concurrency=ep.concurrency, box_format=config.box_format)
+                     code=("deepperception.engine.collection", "deepperception.sources"), task_module=__name__)[0]
 
 
 @task(name="label-boxes", **TASK_DEFAULTS)
 def label_boxes_task(
-    config: LabelingStageConfig, images: ArtifactRef, store_uri: str | None = None, force: bool = False
+    config: LabelingStageConfig, images: ArtifactRef, store_uri: str | None = None, force: bool = False,
+    runner: ShardRunnerConfig | None = None,
 ) -> ArtifactRef:
+    """A box for every photo, one shard per part of the images table."""
     store = open_store(store_uri)
     logger = run_logger()
 
     def produce(w):
-        previous = _previous_attempt(store, w, logger, "image_id", "label_error")
-        table = labeling.label_images(read_input_table(store, images, "label"), make_labeler(config), config.options,
-                                      previous=previous, max_failure_rate=config.max_failure_rate)
+        require_input_rows(store, images, "label")
+        n = len(store.table_files(images))
+        spec = {"images": str(images), "labeling": config.model_dump(mode="json"),
+                "previous": str(w.previous) if w.previous else None}
+        records = _run_shards(store, w, logger, "label", n, lambda i: {**spec, "part": i},
+                              shard_stages.label_shard, runner)
         hint = _endpoint_hint(config.backend, config.endpoint) if config.backend == "openai" else ""
-        found = _check_failures(w, logger, table, "image_id", "label_error", config.max_failure_rate, hint)
-        return _commit_table(w, table, failures=found)
+        if sum(r.rows("data") for r in records) == 0 and any(r.rows("rejected") for r in records):
+            first = next(e for r in records for e in r.metadata.get("rejected_examples", []))
+            raise InputDataError(f"no photo of {images} could be used ({_merge(records, 'rejected')}); first: {first}",
+                                 stage="label", artifact=str(images), row=first.split(":", 1)[0], field="image")
+        summary = _sum_failures(records)
+        found = _check_failures(w, logger, summary, config.max_failure_rate, hint,
+                                not_attempted=sum(int(r.metadata.get("not_attempted", 0)) for r in records))
+        labeled = sum(r.rows("data") for r in records)
+        failures.require_rows(pa.table({"n": [0] * labeled}), stage=w.stage, artifact=w.name)
+        w.adopt_shards(records)
+        stats = {k: _merge(records, k) for k in ("agreement", "box_source", "rejected", "usage",
+                                                 "fallback_to_dataset_box")}
+        agree = stats["agreement"] or {}
+        if agree.get("compared"):
+            logger.info("label: %d model boxes agree with the dataset's (IoU >= %.2f) for %.1f%% of %d photos",
+                        agree["agreeing"], config.options.agreement_iou,
+                        100 * agree["agreeing"] / agree["compared"], agree["compared"])
+        return {"rows": labeled, "failures": found, "shards": len(records), **stats,
+                "labeler": {"backend": config.backend, "model": config.endpoint.model if config.backend == "openai"
+                            else "oracle", "prompt": "Find and give the bounding box of {E}"}}
 
     return run_stage(store, "labeled-images", "label", config, {"images": images}, produce, force=force,
-                     code=("deepperception.engine.labeling",), task_module=__name__)[0]
+                     code=("deepperception.engine.labeling", "deepperception.engine.shard_stages"),
+                     task_module=__name__)[0]
+
+
+def _merge(records: list, key: str) -> Any:
+    out = None
+    for r in records:
+        out = merge_counts(out, (r.metadata or {}).get(key))
+    if key == "agreement" and out:
+        out["threshold"] = (records[0].metadata.get("agreement") or {}).get("threshold")
+    return out
 
 
 @task(name="compose-images", **TASK_DEFAULTS)
 def compose_task(
-    config: CompositionConfig, labeled: ArtifactRef, store_uri: str | None = None, force: bool = False
+    config: CompositionConfig, labeled: ArtifactRef, store_uri: str | None = None, force: bool = False,
+    sharding: ShardingConfig | None = None, runner: ShardRunnerConfig | None = None,
 ) -> ArtifactRef:
+    """Multi-entity composites: planned from the labeled metadata (streamed, no pixels), then
+    rendered shard by shard."""
     store = open_store(store_uri)
+    logger = run_logger()
+    shards = sharding or DEFAULT_SHARDING
 
     def produce(w):
-        table = composition.compose(read_input_table(store, labeled, "compose"), config)
-        return _commit_table(w, table, layouts=dict(Counter(table.column("layout").to_pylist())))
+        require_input_rows(store, labeled, "compose")
+        names = _columns(store, labeled)
+        wanted = [c for c in composition.PLAN_COLUMNS + ["image_uri", "crop_bottom"] if c in names]
+        plans = composition.plan_composites(
+            ((part, b) for part in range(len(store.table_files(labeled)))
+             for b in store.iter_batches(labeled, columns=wanted, parts=[part])), config)
+        block = shards.composites_per_shard
+        chunks = [plans[i:i + block] for i in range(0, len(plans), block)]
+        failures.require_rows(pa.table({"n": [0] * len(plans)}), stage=w.stage, artifact=w.name)
+        spec = {"labeled": str(labeled), "composition": config.model_dump(mode="json")}
+        records = _run_shards(store, w, logger, "compose", len(chunks),
+                              lambda i: {**spec, "plans": [shard_stages.plan_to_json(p) for p in chunks[i]]},
+                              shard_stages.compose_shard, runner)
+        w.adopt_shards(records)
+        return {"rows": sum(r.rows() for r in records), "layouts": _merge(records, "layouts"), "shards": len(records)}
 
-    return run_stage(store, f"composites-{config.pool}", "compose", config, {"labeled": labeled}, produce,
-                     force=force,
-                     code=("deepperception.engine.composition",), task_module=__name__)[0]
+    stage_cfg = {**config.model_dump(mode="json"), "composites_per_shard": shards.composites_per_shard}
+    return run_stage(store, f"composites-{config.pool}", "compose", stage_cfg, {"labeled": labeled}, produce,
+                     force=force, code=("deepperception.engine.composition", "deepperception.engine.shard_stages"),
+                     task_module=__name__)[0]
+
+
+def _columns(store, ref: ArtifactRef, table: str = "data") -> list[str]:
+    import pyarrow.parquet as pq
+
+    entry = store.table_files(ref, table)[0]
+    with store.fs.open_input_file(store._path(ref.name, ref.version, entry.location)) as f:
+        return pq.ParquetFile(f).schema_arrow.names
 
 
 @task(name="build-bench", **TASK_DEFAULTS)
@@ -161,51 +271,63 @@ def build_bench_task(
     store = open_store(store_uri)
 
     def produce(w):
-        comp = read_input_table(store, composites, "build-bench")
-        table = datasets.build_bench(comp, config.bench_questions_per_composite, config.seed)
+        require_input_rows(store, composites, "build-bench")
+        counters: dict[str, int] = {}
+        split_of: dict[str, str] = {}
+
+        def batches():
+            for b in store.iter_batches(composites, batch_size=256):
+                t = pa.Table.from_batches([b])
+                for c, s in zip(t.column("category").to_pylist(), t.column("split").to_pylist()):
+                    split_of.setdefault(c, s)
+                yield datasets.build_bench(t, config.bench_questions_per_composite, config.seed, counters=counters)
+
+        rows = _write_stream(w, "data", batches(), datasets.BENCH_SCHEMA)
+        failures.require_rows(pa.table({"n": [0] * rows}), stage=w.stage, artifact=w.name)
         # Which categories are seen (trained on) travels with the bench, so a later standalone
         # evaluation scores seen/unseen exactly as the reproduction did.
-        split_of = dict(zip(comp.column("category").to_pylist(), comp.column("split").to_pylist()))
         seen = [c for c, s in split_of.items() if s == "seen"]  # first-appearance (= config) order
         unseen = [c for c, s in split_of.items() if s != "seen"]
-        return _commit_table(w, table, per_category=dict(Counter(table.column("category").to_pylist())),
-                             seen_categories=seen, all_categories=seen + unseen)
+        return {"rows": rows, "per_category": dict(counters), "seen_categories": seen,
+                "all_categories": seen + unseen}
 
     return run_stage(store, "bench", "build-bench", config, {"composites": composites}, produce, force=force,
                      code=("deepperception.engine.datasets",), task_module=__name__)[0]
 
 
-def make_teacher(config: DistillationStageConfig, entities_table: pa.Table) -> distillation.Teacher:
-    if config.backend == "template":
-        return distillation.TemplateTeacher(entities_table)
-    ep = config.endpoint
-    return distillation.OpenAITeacher(
-        base_url=ep.base_url, model=ep.model, api_key=os.environ.get(ep.api_key_env, "EMPTY"),
-        timeout=ep.timeout_s, max_retries=ep.max_retries, concurrency=ep.concurrency,
-        temperature=config.temperature, max_tokens=config.max_tokens)
-
-
 @task(name="distill-cot", **TASK_DEFAULTS)
 def distill_cot_task(
     config: DistillationStageConfig, composites: ArtifactRef, entities: ArtifactRef,
-    store_uri: str | None = None, force: bool = False,
+    store_uri: str | None = None, force: bool = False, runner: ShardRunnerConfig | None = None,
 ) -> ArtifactRef:
+    """Knowledge-guided CoTs, one shard per part of the composites table."""
     store = open_store(store_uri)
     logger = run_logger()
 
     def produce(w):
-        previous = _previous_attempt(store, w, logger, "question_id", "error")
-        comps = read_input_table(store, composites, "distill")
-        teacher = make_teacher(config, read_input_table(store, entities, "distill"))
-        table = distillation.distill(comps, teacher, config.options, previous=previous,
-                                     max_failure_rate=config.max_failure_rate)
+        require_input_rows(store, composites, "distill")
+        require_input_rows(store, entities, "distill")
+        spec = {"composites": str(composites), "entities": str(entities),
+                "distillation": config.model_dump(mode="json"), "previous": str(w.previous) if w.previous else None}
+        records = _run_shards(store, w, logger, "distill", len(store.table_files(composites)),
+                              lambda i: {**spec, "part": i}, shard_stages.distill_shard, runner)
         hint = _endpoint_hint(config.backend, config.endpoint) if config.backend == "openai" else ""
-        found = _check_failures(w, logger, table, "question_id", "error", config.max_failure_rate, hint)
-        return _commit_table(w, table, failures=found)
+        found = _check_failures(w, logger, _sum_failures(records), config.max_failure_rate, hint,
+                                not_attempted=sum(int(r.metadata.get("not_attempted", 0)) for r in records))
+        w.adopt_shards(records)
+        from deepperception.prompts import TEACHER_PROMPT_TEMPLATE
+        from deepperception.version import short_hash
+
+        return {"rows": sum(r.rows() for r in records), "failures": found, "shards": len(records),
+                "error_reasons": _merge(records, "error_reasons"), "usage": _merge(records, "usage"),
+                "teacher": {"backend": config.backend,
+                            "model": config.endpoint.model if config.backend == "openai" else "template",
+                            "prompt_hash": short_hash(TEACHER_PROMPT_TEMPLATE, 12)}}
 
     return run_stage(store, "cot", "distill", config, {"composites": composites, "entities": entities},
                      produce, force=force,
-                     code=("deepperception.engine.distillation",), task_module=__name__)[0]
+                     code=("deepperception.engine.distillation", "deepperception.engine.shard_stages"),
+                     task_module=__name__)[0]
 
 
 @task(name="filter-cot", **TASK_DEFAULTS)
@@ -213,12 +335,17 @@ def filter_cot_task(config: FilterConfig, cot: ArtifactRef, store_uri: str | Non
     store = open_store(store_uri)
 
     def produce(w):
-        kept, rejected = filtering.filter_cot(read_input_table(store, cot, "filter"), config)
-        failures.require_rows(kept, stage=w.stage, artifact=w.name)  # rejected may be empty, kept may not
-        w.write_table(kept, "data")
-        w.write_table(rejected, "rejected")
-        reasons = Counter(rejected.column("reason").to_pylist()) if rejected.num_rows else {}
-        return {"kept": kept.num_rows, "rejected": rejected.num_rows, "reasons": dict(reasons)}
+        require_input_rows(store, cot, "filter")
+        f = filtering.CotFilter(config)
+        reasons: Counter = Counter()
+        with w.table_writer("data") as kept_w, w.table_writer("rejected") as rej_w:
+            for b in store.iter_batches(cot, batch_size=1024):
+                kept, rejected = f.apply(b)
+                kept_w.write(kept)
+                rej_w.write(rejected)
+                reasons.update(rejected.column("reason").to_pylist())
+        failures.require_rows(pa.table({"n": [0] * kept_w.rows}), stage=w.stage, artifact=w.name)
+        return {"kept": kept_w.rows, "rejected": rej_w.rows, "reasons": dict(reasons)}
 
     return run_stage(store, "cot-filtered", "filter", config, {"cot": cot}, produce, force=force,
                      code=("deepperception.engine.filtering",), task_module=__name__)[0]
@@ -232,8 +359,21 @@ def build_sft_dataset_task(
     store = open_store(store_uri)
 
     def produce(w):
-        return _commit_table(w, datasets.build_sft_rows(read_input_table(store, kept, "build-sft"),
-                                                        read_input_table(store, composites, "build-sft")))
+        require_input_rows(store, kept, "build-sft")
+        require_input_rows(store, composites, "build-sft")
+        comp = store.dataset(composites)
+
+        def batches():
+            for b in store.iter_batches(kept, columns=["question_id", "composite_id", "target_entity", "response"],
+                                        batch_size=256):
+                ids = pa.array(sorted(set(b.column("composite_id").to_pylist())))
+                found = comp.to_table(columns=["composite_id", "image"], filter=pc.field("composite_id").isin(ids))
+                image_of = dict(zip(found.column("composite_id").to_pylist(), found.column("image").to_pylist()))
+                yield datasets.build_sft_rows(pa.Table.from_batches([b]), image_of)
+
+        rows = _write_stream(w, "data", batches(), datasets.SFT_SCHEMA)
+        failures.require_rows(pa.table({"n": [0] * rows}), stage=w.stage, artifact=w.name)
+        return {"rows": rows}
 
     return run_stage(store, "sft-dataset", "build-sft", {}, {"cot": kept, "composites": composites},
                      produce, force=force,
@@ -248,9 +388,12 @@ def build_grpo_pool_task(
     store = open_store(store_uri)
 
     def produce(w):
-        table = datasets.build_grpo_rows(read_input_table(store, composites, "build-grpo"),
-                                         config.grpo_targets_per_composite, config.seed)
-        return _commit_table(w, table)
+        require_input_rows(store, composites, "build-grpo")
+        batches = (datasets.build_grpo_rows(pa.Table.from_batches([b]), config.grpo_targets_per_composite,
+                                            config.seed) for b in store.iter_batches(composites, batch_size=256))
+        rows = _write_stream(w, "data", batches, datasets.GRPO_SCHEMA)
+        failures.require_rows(pa.table({"n": [0] * rows}), stage=w.stage, artifact=w.name)
+        return {"rows": rows}
 
     return run_stage(store, "grpo-pool", "build-grpo", config, {"composites": composites}, produce, force=force,
                      code=("deepperception.engine.datasets",), task_module=__name__)[0]

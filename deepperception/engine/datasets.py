@@ -62,12 +62,16 @@ def sft_messages(question: str, response: str) -> list[dict]:
     ]
 
 
-def build_sft_rows(kept_cot: pa.Table, composites: pa.Table) -> pa.Table:
-    """One SFT row per kept CoT, joined to its composite image by ``composite_id``."""
+def build_sft_rows(kept_cot: pa.Table, composites: pa.Table | dict[str, bytes]) -> pa.Table:
+    """One SFT row per kept CoT, joined to its composite image by ``composite_id`` (``composites``:
+    a table, or just the ``composite_id -> image`` bytes this batch of CoTs needs)."""
     stage = "build_sft"
     require_columns(kept_cot, ["question_id", "composite_id", "target_entity", "response"], stage=stage)
-    require_columns(composites, ["composite_id", "image"], stage=stage)
-    image_of = dict(zip(composites.column("composite_id").to_pylist(), composites.column("image").to_pylist()))
+    if isinstance(composites, dict):
+        image_of = composites
+    else:
+        require_columns(composites, ["composite_id", "image"], stage=stage)
+        image_of = dict(zip(composites.column("composite_id").to_pylist(), composites.column("image").to_pylist()))
     rows: dict[str, list] = {n: [] for n in SFT_SCHEMA.names}
     for qid, cid, target, response in zip(*(kept_cot.column(c).to_pylist() for c in ["question_id", "composite_id", "target_entity", "response"])):
         if not response:
@@ -100,15 +104,17 @@ def build_grpo_rows(composites: pa.Table, targets_per_composite: int = 1, seed: 
     return pa.Table.from_pydict(rows, schema=GRPO_SCHEMA)
 
 
-def build_bench(composites: pa.Table, questions_per_composite: int = 2, seed: int = 0, *, allow_train_pool: bool = False) -> pa.Table:
+def build_bench(composites: pa.Table, questions_per_composite: int = 2, seed: int = 0, *, allow_train_pool: bool = False,
+                counters: dict[str, int] | None = None) -> pa.Table:
     """KVG-Bench rows in the official parquet schema; ``question_id`` is ``{category}/{n}``
-    numbered per category. Refuses "train"-pool composites (a leak) unless told otherwise."""
+    numbered per category. Refuses "train"-pool composites (a leak) unless told otherwise.
+    ``counters`` carries the per-category numbering from one batch of a streamed table to the next."""
     stage = "build_bench"
     if "pool" in composites.column_names and not allow_train_pool:
         pools = set(composites.column("pool").to_pylist())
         if pools - {"test"}:
             raise InputDataError(f"bench composites must come from the 'test' pool, found {sorted(pools)}", stage=stage, field="pool")
-    counters: dict[str, int] = {}
+    counters = {} if counters is None else counters
     rows: dict[str, list] = {n: [] for n in BENCH_SCHEMA.names}
     for cid, cat, image, _, item in _questions(composites, questions_per_composite, seed, "bench", stage):
         n = counters.get(cat, 0)

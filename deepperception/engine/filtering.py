@@ -103,34 +103,53 @@ def check_cot(cot: str | None, error: str | None, target: str, target_box: Seque
 def filter_cot(cot: pa.Table, cfg: FilterConfig | None = None) -> tuple[pa.Table, pa.Table]:
     """Split distilled CoT rows into ``kept`` (input schema) and ``rejected`` (input schema plus
     ``reason``, one of ``REASONS``, and a human-readable ``reason_detail``)."""
-    cfg = cfg or FilterConfig()
-    require_columns(cot, ["question_id", "target_entity", "target_box", "cot", "error"], stage="filter")
-    qids = cot.column("question_id").to_pylist()
-    texts = cot.column("cot").to_pylist()
-    errors = cot.column("error").to_pylist()
-    targets = cot.column("target_entity").to_pylist()
-    tboxes = cot.column("target_box").to_pylist()
-    seen_q: set[str] = set()
-    seen_text: set[str] = set()
-    keep, reject, reasons, details = [], [], [], []
-    for i in range(cot.num_rows):
-        verdict = check_cot(texts[i], errors[i], targets[i], tboxes[i], cfg)
-        if verdict is None and cfg.dedupe:
-            norm = " ".join(texts[i].split())
-            if qids[i] in seen_q:
-                verdict = ("duplicate_question", f"question_id {qids[i]} seen before")
-            elif norm in seen_text:
-                verdict = ("duplicate_cot", "identical CoT text already kept")
+    return CotFilter(cfg).apply(cot)
+
+
+class CotFilter:
+    """:func:`filter_cot` over a table streamed batch by batch: the duplicate checks remember what
+    earlier batches kept (a question id and a 16-byte digest per kept CoT, not the texts)."""
+
+    def __init__(self, cfg: FilterConfig | None = None) -> None:
+        self.cfg = cfg or FilterConfig()
+        self.seen_q: set[str] = set()
+        self.seen_text: set[bytes] = set()
+
+    def apply(self, cot: pa.Table | pa.RecordBatch) -> tuple[pa.Table, pa.Table]:
+        if isinstance(cot, pa.RecordBatch):
+            cot = pa.Table.from_batches([cot])
+        return self._apply(cot)
+
+    def _apply(self, cot: pa.Table) -> tuple[pa.Table, pa.Table]:
+        import hashlib
+
+        cfg = self.cfg
+        require_columns(cot, ["question_id", "target_entity", "target_box", "cot", "error"], stage="filter")
+        qids = cot.column("question_id").to_pylist()
+        texts = cot.column("cot").to_pylist()
+        errors = cot.column("error").to_pylist()
+        targets = cot.column("target_entity").to_pylist()
+        tboxes = cot.column("target_box").to_pylist()
+        seen_q, seen_text = self.seen_q, self.seen_text
+        keep, reject, reasons, details = [], [], [], []
+        for i in range(cot.num_rows):
+            verdict = check_cot(texts[i], errors[i], targets[i], tboxes[i], cfg)
+            if verdict is None and cfg.dedupe:
+                norm = hashlib.blake2b(" ".join(texts[i].split()).encode(), digest_size=16).digest()
+                if qids[i] in seen_q:
+                    verdict = ("duplicate_question", f"question_id {qids[i]} seen before")
+                elif norm in seen_text:
+                    verdict = ("duplicate_cot", "identical CoT text already kept")
+                else:
+                    seen_q.add(qids[i])
+                    seen_text.add(norm)
+            if verdict is None:
+                keep.append(i)
             else:
-                seen_q.add(qids[i])
-                seen_text.add(norm)
-        if verdict is None:
-            keep.append(i)
-        else:
-            reject.append(i)
-            reasons.append(verdict[0])
-            details.append(verdict[1])
-    rejected = cot.take(pa.array(reject, pa.int64()))
-    rejected = rejected.append_column(pa.field("reason", pa.string(), nullable=False), pa.array(reasons, pa.string()))
-    rejected = rejected.append_column(pa.field("reason_detail", pa.string(), nullable=False), pa.array(details, pa.string()))
-    return cot.take(pa.array(keep, pa.int64())), rejected
+                reject.append(i)
+                reasons.append(verdict[0])
+                details.append(verdict[1])
+        rejected = cot.take(pa.array(reject, pa.int64()))
+        rejected = rejected.append_column(pa.field("reason", pa.string(), nullable=False), pa.array(reasons, pa.string()))
+        rejected = rejected.append_column(pa.field("reason_detail", pa.string(), nullable=False), pa.array(details, pa.string()))
+        return cot.take(pa.array(keep, pa.int64())), rejected

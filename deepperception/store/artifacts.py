@@ -393,16 +393,23 @@ class ArtifactStore:
     def read_table(self, ref: ArtifactRef, table: str = "data", columns: list[str] | None = None) -> pa.Table:
         """A whole table of a committed version (all parts), verified against the manifest's sha256.
         Large tables are better streamed with :meth:`iter_batches`."""
-        entries = self.table_files(ref, table)
-        parts = []
-        for entry in entries:
-            data = self._read_verified(ref, entry)
-            try:
-                parts.append(pq.read_table(pa.BufferReader(data), columns=columns))
-            except pa.ArrowException as exc:
-                raise ArtifactError(f"artifact {ref}: table {table} ({entry.path}) does not parse as Parquet: "
-                                    f"{exc}") from exc
+        parts = [self._read_entry(ref, table, e, columns) for e in self.table_files(ref, table)]
         return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+
+    def read_part(self, ref: ArtifactRef, part: int, table: str = "data", columns: list[str] | None = None) -> pa.Table:
+        """Part ``part`` of a table (the unit of shard work), verified."""
+        entries = self.table_files(ref, table)
+        if not 0 <= part < len(entries):
+            raise ArtifactError(f"artifact {ref}: table {table} has {len(entries)} part(s), no part {part}")
+        return self._read_entry(ref, table, entries[part], columns)
+
+    def _read_entry(self, ref: ArtifactRef, table: str, entry: FileEntry, columns: list[str] | None) -> pa.Table:
+        data = self._read_verified(ref, entry)
+        try:
+            return pq.read_table(pa.BufferReader(data), columns=columns)
+        except pa.ArrowException as exc:
+            raise ArtifactError(f"artifact {ref}: table {table} ({entry.path}) does not parse as Parquet: "
+                                f"{exc}") from exc
 
     def iter_batches(self, ref: ArtifactRef, table: str = "data", columns: list[str] | None = None,
                      batch_size: int = 1024, parts: list[int] | None = None) -> Iterator[pa.RecordBatch]:

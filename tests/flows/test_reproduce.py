@@ -111,7 +111,7 @@ def test_reproduce_cli_into_s3_bucket(prefect_harness, s3_store_uri, tmp_path, m
     assert any(k.endswith("_manifest.json") and "/grpo-checkpoint/" in k for k in keys)
 
 
-def test_undecodable_image_names_stage_artifact_row_and_commits_nothing(prefect_harness, tmp_path):
+def test_undecodable_image_is_rejected_by_name_and_the_rest_labeled(prefect_harness, tmp_path):
     from flows import stages
 
     uri = str(tmp_path / "store")
@@ -120,16 +120,29 @@ def test_undecodable_image_names_stage_artifact_row_and_commits_nothing(prefect_
     entities = stages.mine_entities(cfg.data, uri)
     images = stages.collect_images(cfg.data, cfg.collection, entities, uri)
     table = store.read_table(images)
+    first_id = table.column("image_id")[0].as_py()
     broken = table.set_column(table.column_names.index("image"), "image",
                               pa.array([b"not a png"] + table.column("image").to_pylist()[1:], pa.binary()))
     with store.plan("images", "collect", {"hand-made": "broken"}, {}) as w:
         w.write_table(broken)
         bad_ref = w.commit()
+    labeled = stages.label_boxes(cfg.labeling, bad_ref, uri)
+    assert store.num_rows(labeled) == table.num_rows - 1
+    rejected = store.read_table(labeled, "rejected").to_pylist()
+    assert [(r["item_id"], r["reason"]) for r in rejected] == [(first_id, "corrupt_image")]
+    assert store.manifest(labeled).metadata["rejected"] == {"corrupt_image": 1}
+
+    # Nothing usable: the stage fails naming the input and the first photo, and commits nothing.
+    all_bad = table.set_column(table.column_names.index("image"), "image",
+                               pa.array([b"not a png"] * table.num_rows, pa.binary()))
+    with store.plan("images", "collect", {"hand-made": "all broken"}, {}) as w:
+        w.write_table(all_bad)
+        worse = w.commit()
     with pytest.raises(InputDataError) as err:
-        stages.label_boxes(cfg.labeling, bad_ref, uri)
+        stages.label_boxes(cfg.labeling, worse, uri)
     text = str(err.value)
-    assert "stage=label" in text and str(bad_ref) in text and table.column("image_id")[0].as_py() in text
-    assert store.list("labeled-images") == []
+    assert "stage=label" in text and str(worse) in text and first_id in text and "corrupt_image" in text
+    assert [m.ref for m in store.list("labeled-images")] == [labeled]
 
 
 def test_corrupt_input_artifact_is_refused_by_name(prefect_harness, tmp_path):
