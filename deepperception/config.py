@@ -25,6 +25,7 @@ from deepperception.errors import ConfigError
 from deepperception.domain.synthetic import SyntheticDomainConfig
 from deepperception.engine.collection import CollectionConfig
 from deepperception.engine.composition import CompositionConfig
+from deepperception.engine.contamination import ContaminationConfig
 from deepperception.engine.distillation import DistillConfig
 from deepperception.engine.filtering import FilterConfig
 from deepperception.engine.labeling import LabelConfig
@@ -204,6 +205,7 @@ class ReproductionConfig(_Strict):
     compose_bench: CompositionConfig = Field(default_factory=lambda: CompositionConfig(pool="test"))
     distillation: DistillationStageConfig = Field(default_factory=DistillationStageConfig)
     filtering: FilterConfig = Field(default_factory=FilterConfig)
+    contamination: ContaminationConfig = Field(default_factory=ContaminationConfig)
     datasets: DatasetsConfig = Field(default_factory=DatasetsConfig)
     base_model: BaseModelConfig = Field(default_factory=BaseModelConfig)
     sft: SFTStageConfig = Field(default_factory=lambda: SFTStageConfig.profile("cpu_tiny"))

@@ -1,8 +1,8 @@
 """The full DeepPerception reproduction as one Prefect flow that only composes stage flows.
 
     data engine ─┬─ mine → collect → label ─┬─ compose(train) → distill → filter → SFT rows ─┐
-                 │                          │                        └──────→ GRPO pool ────┤
-                 │                          └─ compose(test) → bench                        │
+                 │                          │        └─ contamination ───────→ GRPO pool ────┤
+                 │                          └─ compose(test) → bench ─┘  data card, exports  │
     training     └─ base model → CoT-SFT → RL filter → GRPO ←───────────────────────────────┘
     evaluation      base, SFT, GRPO × bench → report
 """
@@ -17,7 +17,8 @@ from deepperception.config import ReproductionConfig, profile
 from flows import stages
 from flows.dispatch import run_stage_deployment
 
-Stage = Literal["mine", "collect", "label", "compose", "bench", "distill", "filter", "training-data",
+Stage = Literal["mine", "collect", "label", "compose", "bench", "distill", "filter", "contamination", "training-data",
+                "data-card", "export",
                 "base-model", "sft", "rl-filter", "grpo", "evaluate", "report"]
 STAGES: tuple[str, ...] = Stage.__args__  # type: ignore[attr-defined]
 
@@ -70,7 +71,14 @@ def reproduce(
     bench = stages.build_bench(cfg.datasets, bench_composites, uri, f("bench"))
     cot = stages.distill_cot(cfg.distillation, train_composites, entities, uri, f("distill"), cfg.runner)
     kept = stages.filter_cot(cfg.filtering, cot, uri, f("filter"))
-    data = stages.build_training_data(cfg.datasets, kept, train_composites, uri, f("training-data"))
+    clean = stages.check_contamination(cfg.contamination, bench, bench_composites, labeled, train_composites, uri,
+                                       f("contamination"))
+    data = stages.build_training_data(cfg.datasets, kept, train_composites, uri, f("training-data"), clean)
+    card = stages.write_data_card({"images": images, "labeled": labeled, "composites": train_composites, "cot": cot,
+                                   "cot_filtered": kept, "sft_dataset": data["sft_dataset"],
+                                   "grpo_pool": data["grpo_pool"], "bench": bench, "contamination": clean},
+                                  uri, f("data-card"))
+    exported = stages.export_datasets(data["sft_dataset"], data["grpo_pool"], uri, f("export"))
 
     base = stages.build_base_model(cfg.base_model, data["sft_dataset"], data["grpo_pool"], uri, f("base-model"))
     sft = _gpu_stage(stages.train_sft, dispatch, config=cfg.sft, base=base, dataset=data["sft_dataset"],
@@ -97,6 +105,7 @@ def reproduce(
             "composites_train": str(train_composites), "composites_bench": str(bench_composites),
             "bench": str(bench), "cot": str(cot), "cot_filtered": str(kept),
             "sft_dataset": str(data["sft_dataset"]), "grpo_pool": str(data["grpo_pool"]),
+            "contamination": str(clean), "data_card": str(card), "exports": str(exported),
             "base_checkpoint": str(base), "sft_checkpoint": str(sft), "grpo_dataset": str(grpo_data),
             "grpo_checkpoint": str(grpo), **{f"evaluation_{k}": str(v) for k, v in evaluations.items()},
         },

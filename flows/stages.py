@@ -22,13 +22,14 @@ from deepperception.config import (
 from deepperception.engine.shard_runner import ShardRunnerConfig
 from deepperception.engine.collection import CollectionConfig
 from deepperception.engine.composition import CompositionConfig
+from deepperception.engine.contamination import ContaminationConfig
 from deepperception.engine.filtering import FilterConfig
 from deepperception.store import ArtifactRef
 from deepperception.training.grpo import GRPOStageConfig
 from deepperception.training.launch import LaunchConfig
 from deepperception.training.sft import SFTStageConfig
 from flows.dispatch import record_stage_result
-from tasks import engine, evaluation, training
+from tasks import engine, evaluation, products, training
 
 
 @flow(name="mine-entities", on_completion=[record_stage_result])
@@ -77,12 +78,32 @@ def filter_cot(config: FilterConfig, cot: ArtifactRef, store_uri: str | None = N
 
 @flow(name="build-training-data", on_completion=[record_stage_result])
 def build_training_data(config: DatasetsConfig, kept_cot: ArtifactRef, composites: ArtifactRef,
-                        store_uri: str | None = None, force: bool = False) -> dict[str, ArtifactRef]:
-    """Stage-1 SFT rows and the stage-2 GRPO candidate pool, both in the official formats."""
+                        store_uri: str | None = None, force: bool = False,
+                        contamination: ArtifactRef | None = None) -> dict[str, ArtifactRef]:
+    """Stage-1 SFT rows and the stage-2 GRPO candidate pool, both in the official formats
+    (without the composites a contamination check with ``drop`` flagged)."""
     return {
-        "sft_dataset": engine.build_sft_dataset_task(kept_cot, composites, store_uri, force),
-        "grpo_pool": engine.build_grpo_pool_task(config, composites, store_uri, force),
+        "sft_dataset": engine.build_sft_dataset_task(kept_cot, composites, store_uri, force, contamination),
+        "grpo_pool": engine.build_grpo_pool_task(config, composites, store_uri, force, contamination),
     }
+
+
+@flow(name="check-contamination", on_completion=[record_stage_result])
+def check_contamination(config: ContaminationConfig, bench: ArtifactRef, bench_composites: ArtifactRef,
+                        labeled: ArtifactRef, train_composites: ArtifactRef, store_uri: str | None = None,
+                        force: bool = False) -> ArtifactRef:
+    return products.contamination_task(config, bench, bench_composites, labeled, train_composites, store_uri, force)
+
+
+@flow(name="write-data-card", on_completion=[record_stage_result])
+def write_data_card(refs: dict[str, ArtifactRef], store_uri: str | None = None, force: bool = False) -> ArtifactRef:
+    return products.data_card_task(refs, store_uri, force)
+
+
+@flow(name="export-datasets", on_completion=[record_stage_result])
+def export_datasets(sft_dataset: ArtifactRef, grpo_pool: ArtifactRef, store_uri: str | None = None,
+                    force: bool = False) -> ArtifactRef:
+    return products.export_task(sft_dataset, grpo_pool, store_uri, force)
 
 
 @flow(name="build-base-model", on_completion=[record_stage_result])

@@ -353,19 +353,25 @@ def filter_cot_task(config: FilterConfig, cot: ArtifactRef, store_uri: str | Non
 
 @task(name="build-sft-dataset", **TASK_DEFAULTS)
 def build_sft_dataset_task(
-    kept: ArtifactRef, composites: ArtifactRef, store_uri: str | None = None, force: bool = False
+    kept: ArtifactRef, composites: ArtifactRef, store_uri: str | None = None, force: bool = False,
+    contamination: ArtifactRef | None = None,
 ) -> ArtifactRef:
     """Stage-1 rows: chat messages + images (the official CoT-SFT format)."""
+    from tasks.products import excluded_composites
+
     store = open_store(store_uri)
 
     def produce(w):
         require_input_rows(store, kept, "build-sft")
         require_input_rows(store, composites, "build-sft")
         comp = store.dataset(composites)
+        excluded = pa.array(sorted(excluded_composites(store, contamination)), pa.string())
 
         def batches():
             for b in store.iter_batches(kept, columns=["question_id", "composite_id", "target_entity", "response"],
                                         batch_size=256):
+                if len(excluded):
+                    b = b.filter(pc.invert(pc.is_in(b.column("composite_id"), value_set=excluded)))
                 ids = pa.array(sorted(set(b.column("composite_id").to_pylist())))
                 found = comp.to_table(columns=["composite_id", "image"], filter=pc.field("composite_id").isin(ids))
                 image_of = dict(zip(found.column("composite_id").to_pylist(), found.column("image").to_pylist()))
@@ -375,27 +381,35 @@ def build_sft_dataset_task(
         failures.require_rows(pa.table({"n": [0] * rows}), stage=w.stage, artifact=w.name)
         return {"rows": rows}
 
-    return run_stage(store, "sft-dataset", "build-sft", {}, {"cot": kept, "composites": composites},
+    upstream = {"cot": kept, "composites": composites, **({"contamination": contamination} if contamination else {})}
+    return run_stage(store, "sft-dataset", "build-sft", {}, upstream,
                      produce, force=force,
                      code=("deepperception.engine.datasets",), task_module=__name__)[0]
 
 
 @task(name="build-grpo-pool", **TASK_DEFAULTS)
 def build_grpo_pool_task(
-    config: DatasetsConfig, composites: ArtifactRef, store_uri: str | None = None, force: bool = False
+    config: DatasetsConfig, composites: ArtifactRef, store_uri: str | None = None, force: bool = False,
+    contamination: ArtifactRef | None = None,
 ) -> ArtifactRef:
     """Stage-2 candidates in the official GRPO format: image, problem, solution."""
+    from tasks.products import excluded_composites
+
     store = open_store(store_uri)
 
     def produce(w):
         require_input_rows(store, composites, "build-grpo")
+        excluded = pa.array(sorted(excluded_composites(store, contamination)), pa.string())
+        clean = (b.filter(pc.invert(pc.is_in(b.column("composite_id"), value_set=excluded))) if len(excluded) else b
+                 for b in store.iter_batches(composites, batch_size=256))
         batches = (datasets.build_grpo_rows(pa.Table.from_batches([b]), config.grpo_targets_per_composite,
-                                            config.seed) for b in store.iter_batches(composites, batch_size=256))
+                                            config.seed) for b in clean)
         rows = _write_stream(w, "data", batches, datasets.GRPO_SCHEMA)
         failures.require_rows(pa.table({"n": [0] * rows}), stage=w.stage, artifact=w.name)
         return {"rows": rows}
 
-    return run_stage(store, "grpo-pool", "build-grpo", config, {"composites": composites}, produce, force=force,
+    upstream = {"composites": composites, **({"contamination": contamination} if contamination else {})}
+    return run_stage(store, "grpo-pool", "build-grpo", config, upstream, produce, force=force,
                      code=("deepperception.engine.datasets",), task_module=__name__)[0]
 
 

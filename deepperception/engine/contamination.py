@@ -63,6 +63,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import imagehash
 import numpy as np
 import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
 import pyarrow.compute as pc
 from PIL import Image
 
@@ -515,3 +516,16 @@ def drop_contaminated(batches: Iterable[pa.RecordBatch | pa.Table], ids: Iterabl
         keep = pc.invert(pc.fill_null(pc.is_in(batch.column(id_column), value_set=value_set), False))
         out = batch.filter(keep)
         yield from (out.to_batches() if isinstance(out, pa.Table) else [out])
+
+
+class ContaminationConfig(BaseModel):
+    """Near-duplicate check of every training photo and composite crop against the bench."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_distance: int = Field(DEFAULT_MAX_DISTANCE, ge=0, le=64,
+                              description="Largest phash Hamming distance (of 64 bits) that counts as a near duplicate.")
+    max_dhash_distance: int = Field(DEFAULT_MAX_DHASH_DISTANCE, ge=0, le=64,
+                                    description="Largest dhash distance; both hashes must agree (fewer false alarms).")
+    drop: bool = Field(False, description="Leave contaminated composites (a matched crop or whole image, or a "
+                                          "flagged photo inside) out of the SFT rows and the GRPO pool.")

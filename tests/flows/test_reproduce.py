@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 EXPECTED = {
     "entities", "images", "labeled", "composites_train", "composites_bench", "bench", "cot", "cot_filtered",
     "sft_dataset", "grpo_pool", "base_checkpoint", "sft_checkpoint", "grpo_dataset", "grpo_checkpoint",
-    "evaluation_base", "evaluation_sft", "evaluation_grpo",
+    "evaluation_base", "evaluation_sft", "evaluation_grpo", "contamination", "data_card", "exports",
 }
 
 
@@ -42,6 +42,13 @@ def _check_run(store: ArtifactStore, result: dict) -> None:
         assert c["checkpoint"].startswith(f"{c['label']}-checkpoint@")
         assert c["bench"] == result["artifacts"]["bench"] and c["evaluation"].startswith("evaluation@")
         assert c["cis"]["all"]["lo"] <= overall["Acc"] <= c["cis"]["all"]["hi"]
+    card = ArtifactRef.parse(result["artifacts"]["data_card"])
+    text = store.read_bytes(card, "card.md").decode()
+    for fig in store.manifest(card).metadata["figures"]:
+        assert f"figures/{fig}" in text and store.read_bytes(card, f"figures/{fig}").startswith(b"\x89PNG")
+    exports = store.manifest(ArtifactRef.parse(result["artifacts"]["exports"])).metadata
+    assert exports["sharegpt"] and sum(exports["sharegpt"].values()) == store.num_rows(
+        ArtifactRef.parse(result["artifacts"]["sft_dataset"]))
     md = store.read_bytes(ArtifactRef.parse(result["report"]), "report.md").decode()
     for label in labels:
         assert f"{label} Acc@0.5" in md
