@@ -101,6 +101,20 @@ class ShardingConfig(_Strict):
         128 * 1024 * 1024, ge=1024, description="A Parquet part is closed past this size (tables with image bytes).")
 
 
+class KnowledgeStageConfig(_Strict):
+    """Knowledge cards for real entities (the synthetic domain ships its own): an LLM behind an
+    OpenAI-compatible endpoint writes, per entity, the visual features that identify it; the CoT
+    teacher reasons with them. Cards are cached per (model, prompt hash, entity) and the prompt's
+    hash is part of the entities version."""
+
+    backend: Literal["none", "openai"] = Field(
+        "none", description="none: real entities get no card (use a model teacher); openai: ask an LLM endpoint.")
+    endpoint: EndpointConfig = Field(default_factory=lambda: EndpointConfig(model="Qwen2-VL-72B-Instruct"))
+    max_failure_rate: float = Field(
+        0.05, ge=0, le=1, description="Largest fraction of entities that may get no card before the stage fails.")
+    cache: bool = Field(True, description="Reuse cards written before for the same model, prompt and entity.")
+
+
 class LabelingStageConfig(_Strict):
     backend: Literal["oracle", "openai"] = Field(
         "oracle", description="oracle: the synthetic renderer's true box; openai: a grounding VLM endpoint."
@@ -199,6 +213,7 @@ class EvalStageConfig(_Strict):
 class ReproductionConfig(_Strict):
     profile: str = Field("demo", description="Name of the profile these settings came from.")
     data: DataSourceConfig = Field(default_factory=DataSourceConfig)
+    knowledge: KnowledgeStageConfig = Field(default_factory=KnowledgeStageConfig)
     collection: CollectionConfig = Field(default_factory=CollectionConfig)
     labeling: LabelingStageConfig = Field(default_factory=LabelingStageConfig)
     compose_train: CompositionConfig = Field(default_factory=lambda: CompositionConfig(pool="train"))

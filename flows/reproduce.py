@@ -63,7 +63,7 @@ def reproduce(
     uri = store_uri
     f = lambda name: name in force  # noqa: E731
 
-    entities = stages.mine_entities(cfg.data, uri, f("mine"))
+    entities = stages.mine_entities(cfg.data, uri, f("mine"), cfg.knowledge)
     images = stages.collect_images(cfg.data, cfg.collection, entities, uri, f("collect"), cfg.sharding)
     labeled = stages.label_boxes(cfg.labeling, images, uri, f("label"), cfg.runner)
     train_composites = stages.compose_images(cfg.compose_train, labeled, uri, f("compose"), cfg.sharding, cfg.runner)

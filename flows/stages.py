@@ -15,6 +15,7 @@ from deepperception.config import (
     DatasetsConfig,
     DistillationStageConfig,
     EvalStageConfig,
+    KnowledgeStageConfig,
     LabelingStageConfig,
     RLFilterConfig,
     ShardingConfig,
@@ -33,8 +34,9 @@ from tasks import engine, evaluation, products, training
 
 
 @flow(name="mine-entities", on_completion=[record_stage_result])
-def mine_entities(config: DataSourceConfig, store_uri: str | None = None, force: bool = False) -> ArtifactRef:
-    return engine.mine_entities_task(config, store_uri, force)
+def mine_entities(config: DataSourceConfig, store_uri: str | None = None, force: bool = False,
+                  knowledge: KnowledgeStageConfig | None = None) -> ArtifactRef:
+    return engine.mine_entities_task(config, store_uri, force, knowledge)
 
 
 @flow(name="collect-images", on_completion=[record_stage_result])

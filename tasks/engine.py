@@ -23,6 +23,7 @@ from deepperception.config import (
     DataSourceConfig,
     DatasetsConfig,
     DistillationStageConfig,
+    KnowledgeStageConfig,
     LabelingStageConfig,
     ShardingConfig,
 )
@@ -108,23 +109,65 @@ def _write_stream(writer, name: str, batches: Iterable[pa.Table | pa.RecordBatch
 
 
 @task(name="mine-entities", **TASK_DEFAULTS)
-def mine_entities_task(config: DataSourceConfig, store_uri: str | None = None, force: bool = False) -> ArtifactRef:
-    """Entities with knowledge cards (synthetic), or the entities of real datasets (by source)."""
+def mine_entities_task(config: DataSourceConfig, store_uri: str | None = None, force: bool = False,
+                       knowledge: KnowledgeStageConfig | None = None) -> ArtifactRef:
+    """Entities with knowledge cards: the synthetic domain's own, or for real datasets (by source)
+    cards an LLM writes (``knowledge.backend="openai"``), cached per entity."""
     from deepperception.sources.collect import source_entities
 
     store = open_store(store_uri)
+    logger = run_logger()
+    know = knowledge or KnowledgeStageConfig()
 
     def produce(w):
+        meta: dict[str, Any] = {}
         if config.kind == "synthetic":
             entities = mine_entities(config.synthetic)
         else:
             entities = [e for spec in config.source_specs() for e in source_entities(spec)]
+            if know.backend == "openai":
+                entities, meta = _knowledge_cards(store, w, logger, entities, know)
         table = entities_to_table(entities)
-        return _commit_table(w, table, per_category=dict(Counter(e.category for e in entities)))
+        return _commit_table(w, table, per_category=dict(Counter(e.category for e in entities)), **meta)
 
-    return run_stage(store, "entities", "mine", config, {}, produce, force=force,
+    cfg: dict[str, Any] = {"data": config.model_dump(mode="json")}
+    if config.kind != "synthetic" and know.backend != "none":
+        from deepperception.engine.knowledge import knowledge_prompt_hash
+
+        cfg["knowledge"] = {**know.model_dump(mode="json"), "prompt_hash": knowledge_prompt_hash()}
+    return run_stage(store, "entities", "mine", cfg, {}, produce, force=force,
                      code=("deepperception.domain.synthetic", "deepperception.domain.entity",
-                           "deepperception.sources"), task_module=__name__)[0]
+                           "deepperception.sources", "deepperception.engine.knowledge"), task_module=__name__)[0]
+
+
+def _knowledge_cards(store, w, logger, entities: list, know: KnowledgeStageConfig) -> tuple[list, dict]:
+    """Cards for ``entities`` from the knowledge endpoint (cached per model, prompt and entity)."""
+    from deepperception.engine.backends import make_client
+    from deepperception.engine.knowledge import DirCardCache, generate_cards, knowledge_prompt_hash
+
+    cache = DirCardCache(store.settings.local_cache() / "knowledge-cards") if know.cache else None
+    cards: dict[str, str] = {}
+    errors: list[str] = []
+    reasons: Counter = Counter()
+    cached = 0
+    with make_client(know.endpoint) as client:
+        for out in generate_cards(entities, client, cache):
+            if out.card:
+                cards[out.entity_id] = out.card
+                cached += int(out.cached)
+            else:
+                reasons[out.reason or "item_failed"] += 1
+                errors.append(f"{out.entity_id}: {out.error}")
+        usage = client.meter.to_metadata()
+    summary = failures.FailureSummary(failed=len(errors), total=len(entities), examples=errors[:failures.N_EXAMPLES])
+    failures.enforce_failure_limit(summary, stage="mine", artifact="entities", max_failure_rate=know.max_failure_rate,
+                                   hint=_endpoint_hint("openai", know.endpoint))
+    if errors:
+        logger.warning("mine: %d of %d entities got no knowledge card: %s", len(errors), len(entities),
+                       "; ".join(errors[:3]))
+    out = [e.model_copy(update={"knowledge_card": cards.get(e.entity_id, "")}) for e in entities]
+    return out, {"knowledge": {"model": know.endpoint.model, "backend": "openai", "prompt_hash": knowledge_prompt_hash(),
+                               "usage": usage, "cached": cached, "failed": dict(reasons)}}
 
 
 @task(name="collect-images", **TASK_DEFAULTS)

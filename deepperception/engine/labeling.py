@@ -16,7 +16,8 @@ Quality gate (paper: ">95 % of boxes IoU > 0.5 on a manual check of 200"): where
 ships a box (FGVC-Aircraft, Stanford Cars, iNat), every model box is scored against it
 (``label_iou``) and the stage reports the IoU histogram and the share >= ``agreement_iou``;
 ``box_source`` picks what the composites use: the ``model`` box (the paper), the ``dataset`` box,
-or ``model_checked`` (the model box where it agrees with the dataset's, else the dataset's).
+or ``model_checked`` (the model box where it agrees with the dataset's, else, and where the
+model gave no usable box, the dataset's).
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ class LabelConfig(BaseModel):
     box_source: Literal["model", "dataset", "model_checked"] = Field(
         "model", description="Which box the composites use: the labeler's (the paper), the dataset's where it ships "
         "one (no model call for those photos), or the labeler's only where it agrees with the dataset's "
-        "(IoU >= agreement_iou), else the dataset's.")
+        "(IoU >= agreement_iou), else (disagreement, or no usable model box) the dataset's.")
     agreement_iou: float = Field(
         0.5, ge=0.0, le=1.0, description="IoU with the dataset box at which a model box counts as agreeing.")
 
@@ -259,8 +260,11 @@ def label_table(images: pa.Table, labeler: BoxLabeler, cfg: LabelConfig | None =
             continue
         pending.append(i)
 
+    # model_checked: a photo with a dataset box still gets a box when the model fails on it, so its
+    # failure does not count against the stage's failure budget.
+    rescuable = {i for i in pending if cfg.box_source == "model_checked" and src[i] is not None}
     if hasattr(labeler, "label_many"):
-        _label_streaming(labeler, pending, load, names, budget, finish)
+        _label_streaming(labeler, pending, load, names, budget, finish, rescuable)
     else:
         def one(i: int) -> None:
             if budget.exhausted:
@@ -271,7 +275,8 @@ def label_table(images: pa.Table, labeler: BoxLabeler, cfg: LabelConfig | None =
             try:
                 box = labeler.label(loaded[1], names[i], source_box_px=src[i])
             except ItemFailed as exc:
-                budget.record_failure()
+                if i not in rescuable:
+                    budget.record_failure()
                 return finish(i, None, str(exc), getattr(exc, "reason", None) or "item_failed", 1, None)
             except InputDataError as exc:
                 raise InputDataError(exc.message, stage="label", row=ids[i], field=exc.field) from None
@@ -288,6 +293,12 @@ def label_table(images: pa.Table, labeler: BoxLabeler, cfg: LabelConfig | None =
             continue
         r["label_iou"] = None
         w, h = sizes[i]
+        if r["box"] is None and i in rescuable and w is not None:
+            # The model gave no usable box: the dataset's box stands in; why is kept in label_reason.
+            r.update(box=list(dataset_box(i, w, h)), box_source="dataset", label_error=None,
+                     label_reason=f"fallback:{r['label_reason']}")
+            fallbacks += 1
+            continue
         if r["box"] is None or src[i] is None or w is None or r["box_source"] == "dataset":
             continue
         ref = dataset_box(i, w, h)
@@ -321,7 +332,8 @@ def label_table(images: pa.Table, labeler: BoxLabeler, cfg: LabelConfig | None =
     return LabelResult(data, rejected_table([r for _, r in sorted(rejected, key=lambda t: t[0])]), stats)
 
 
-def _label_streaming(labeler, pending: list[int], load, names, budget: FailureBudget, finish) -> None:
+def _label_streaming(labeler, pending: list[int], load, names, budget: FailureBudget, finish,
+                     rescuable: set[int]) -> None:
     """Feed a batch labeler (``label_many``: an OpenAI-compatible endpoint with its own bounded
     concurrency) a lazy stream of photos, so at most its in-flight requests are in memory."""
     from deepperception.engine.model_labeler import LabelItem
@@ -340,7 +352,8 @@ def _label_streaming(labeler, pending: list[int], load, names, budget: FailureBu
     for outcome in labeler.label_many(items()):
         i = int(outcome.key)
         if outcome.box is None:
-            budget.record_failure()
+            if i not in rescuable:
+                budget.record_failure()
             finish(i, None, outcome.error or "no box", outcome.reason or "item_failed", outcome.attempts, None)
         else:
             finish(i, outcome.box, None, None, outcome.attempts, "model")

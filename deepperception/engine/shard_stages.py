@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from deepperception.engine import composition, distillation, failures, labeling
+from deepperception.engine import backends, composition, distillation, failures, labeling
 from deepperception.engine.sharding import ShardJob
 from deepperception.store import ArtifactRef, ArtifactStore
 
@@ -52,8 +52,12 @@ def label_shard(job: ShardJob) -> Any:
     cfg = LabelingStageConfig.model_validate(job.spec["labeling"])
     part = job.spec["part"]
     images = store.read_part(ArtifactRef.parse(job.spec["images"]), part)
-    result = labeling.label_table(images, make_labeler(cfg), cfg.options, previous=previous_rows(store, job, part),
-                                  max_failure_rate=cfg.max_failure_rate)
+    labeler = make_labeler(cfg)
+    try:
+        result = labeling.label_table(images, labeler, cfg.options, previous=previous_rows(store, job, part),
+                                      max_failure_rate=cfg.max_failure_rate)
+    finally:
+        backends.close(labeler)
     meta = {**_failure_meta(result.data, "image_id", "label_error"), **result.stats, "rows_in": images.num_rows,
             "rejected_examples": [f"{r['item_id']}: {r['reason']} ({r['detail']})"
                                   for r in result.rejected.slice(0, 3).to_pylist()]}
@@ -102,8 +106,11 @@ def distill_shard(job: ShardJob) -> Any:
     part = job.spec["part"]
     comps = store.read_part(ArtifactRef.parse(job.spec["composites"]), part)
     teacher = make_teacher(cfg, store.read_table(ArtifactRef.parse(job.spec["entities"])))
-    table = distillation.distill(comps, teacher, cfg.options, previous=previous_rows(store, job, part),
-                                 max_failure_rate=cfg.max_failure_rate)
+    try:
+        table = distillation.distill(comps, teacher, cfg.options, previous=previous_rows(store, job, part),
+                                     max_failure_rate=cfg.max_failure_rate)
+    finally:
+        backends.close(teacher)
     meta: dict[str, Any] = {**_failure_meta(table, "question_id", "error"),
                             "error_reasons": dict(Counter(r for r in table.column("error_reason").to_pylist() if r))}
     usage = getattr(teacher, "usage", None)

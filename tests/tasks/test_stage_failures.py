@@ -103,10 +103,14 @@ def test_dead_labeling_endpoint_commits_nothing_and_the_rerun_succeeds(images):
     with pytest.raises(StageFailedError) as err:
         engine.label_boxes_task.fn(cfg, ref, uri)
     msg = str(err.value)
-    # The first failures end it (the limit is passed; the other images are not sent to a dead server).
-    assert re.search(rf"stage label: [12] of {table.num_rows} items of labeled-images failed \(more than "
-                     r"max_failure_rate 5.0% allows; 1[01] more not attempted\)", msg), msg
-    assert f"APIConnectionError from vl at http://127.0.0.1:{port}/v1" in msg  # names the endpoint failure
+    # The first failures end it (the limit is passed; the other images are not sent to a dead server):
+    # at most the requests already in flight (concurrency 2, one pulled ahead) fail, the rest are skipped.
+    m = re.search(rf"stage label: (\d+) of {table.num_rows} items of labeled-images failed \(more than "
+                  r"max_failure_rate 5.0% allows; (\d+) more not attempted\)", msg)
+    assert m, msg
+    failed, skipped = int(m.group(1)), int(m.group(2))
+    assert 1 <= failed <= 3 and failed + skipped == table.num_rows, msg
+    assert f"ConnectError talking to vl at http://127.0.0.1:{port}/v1" in msg  # names the endpoint failure
     assert store.list("labeled-images") == []  # nothing a rerun could reuse
 
     # The endpoint comes up where it was missing; the same command (same config) now succeeds.
@@ -158,12 +162,14 @@ def test_labeling_over_the_failure_limit_commits_nothing_and_stops_asking(images
     ids = table.column("image_id").to_pylist()
     with FakeOpenAIServer(grounder) as server:
         cfg = _labeling(int(server.base_url.rsplit(":", 1)[1].split("/")[0]), concurrency=1, max_failure_rate=0.1)
+        # The client keeps `concurrency` requests in flight plus one pulled ahead: after the second failure
+        # at most that one more photo is sent, the rest are not.
         with pytest.raises(StageFailedError, match=r"2 of 12 items of labeled-images failed \(more than max_failure_rate "
-                                                   r"10.0% allows; 6 more not attempted\); nothing was committed\. "
+                                                   r"10.0% allows; [56] more not attempted\); nothing was committed\. "
                                                    rf"First errors: {re.escape(ids[3])}: HTTP 500.*; "
                                                    rf"{re.escape(ids[5])}: HTTP 500"):
             engine.label_boxes_task.fn(cfg, ref, uri)
-    assert grounder.asked == keys[:6]  # one failure was allowed (10% of 12); the second ended it
+    assert grounder.asked[:6] == keys[:6] and len(grounder.asked) <= 7  # one failure allowed; the second ended it
     assert store.list("labeled-images") == []
 
 
@@ -174,8 +180,8 @@ def test_dead_teacher_endpoint_commits_no_cot(images):
     entities = ArtifactRef.parse(store.manifest(ref).upstream["entities"])
     cfg = DistillationStageConfig(backend="openai", endpoint=EndpointConfig(
         base_url=f"http://127.0.0.1:{_closed_port()}/v1", model="teacher", timeout_s=10, max_retries=0, concurrency=1))
-    with pytest.raises(StageFailedError, match=r"stage distill: 1 of 2 items of cot failed \(more than max_failure_rate"
-                                               r" 5.0% allows; 1 more not attempted\).*APIConnectionError from teacher"):
+    with pytest.raises(StageFailedError, match=r"stage distill: [12] of 2 items of cot failed \(.*\); nothing was "
+                                               r"committed.*ConnectError talking to teacher"):
         engine.distill_cot_task.fn(cfg, comps, entities, uri)
     assert store.list("cot") == []
 
