@@ -225,3 +225,34 @@ def test_local_ray_runs_shards_from_inside_a_task_and_shuts_down(prefect_api, ra
     assert str(out["error"]) == "shard 2 is bad"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-0.txt", "shard-1.txt", "shard-3.txt"]
     print(f"local Ray map of 4 shards inside a task: {elapsed:.1f} s (mostly Ray start-up)")
+
+
+def test_a_data_engine_stage_runs_its_shards_on_a_local_ray(prefect_api, ray_env, tmp_path):
+    """The labeling stage itself, unchanged, with runner kind=ray: each shard is a Prefect task run
+    executed by a Ray worker, and the version equals the one the thread runner commits."""
+    from deepperception.config import ShardingConfig, profile
+    from deepperception.store import ArtifactStore, StoreSettings
+    from flows import stages
+
+    cfg = profile("toy")
+    ray_uri, threads_uri = str(tmp_path / "ray-store"), str(tmp_path / "threads-store")
+    refs = {}
+    for uri in (ray_uri, threads_uri):
+        entities = stages.mine_entities(cfg.data, uri)
+        refs[uri] = stages.collect_images(cfg.data, cfg.collection, entities, uri,
+                                          sharding=ShardingConfig(images_per_shard=12))
+    ray_runner = ShardRunnerConfig(kind="ray", init_kwargs={"num_cpus": 2, "include_dashboard": False,
+                                                            "_temp_dir": ray_env})
+    on_ray = stages.label_boxes(cfg.labeling, refs[ray_uri], ray_uri, runner=ray_runner)
+    on_threads = stages.label_boxes(cfg.labeling, refs[threads_uri], threads_uri)
+    assert on_ray == on_threads
+    a = ArtifactStore(StoreSettings(uri=ray_uri)).manifest(on_ray)
+    b = ArtifactStore(StoreSettings(uri=threads_uri)).manifest(on_threads)
+    assert len(a.files) == 6  # 3 shards x (data, rejected)
+    assert [(f.path, f.sha256) for f in a.files] == [(f.path, f.sha256) for f in b.files]
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        runs = [r for r in client.read_task_runs() if r.name.startswith("label-shard-")]
+    assert {r.name for r in runs} >= {"label-shard-0", "label-shard-1", "label-shard-2"}
+    assert all(r.state_type.value == "COMPLETED" for r in runs)
