@@ -53,14 +53,23 @@ def prefect_api():
         yield
 
 
-def task_runs(flow_run_id) -> dict[str, str]:
-    """``{task run name: state type}`` of one flow run, read back from the API (what the UI shows)."""
+def task_runs(flow_run_id, expect: int = 1, timeout_s: float = 60.0) -> dict[str, str]:
+    """``{task run name: state type}`` of one flow run, read back from the API (what the UI shows).
+
+    Prefect 3 records client-side task runs through its events pipeline, asynchronously: on a
+    loaded machine they reach the API a few seconds after the flow returns, so wait for them."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {r.name: r.state_type.value for r in runs}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        states = {r.name: r.state_type.value for r in runs}
+        final = all(v in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for v in states.values())
+        if (len(states) >= expect and final) or time.monotonic() > deadline:
+            return states
+        time.sleep(0.5)
 
 
 def _flow_run_id():
@@ -98,7 +107,7 @@ def test_threads_in_flow_results_in_job_order_one_task_run_per_shard(prefect_api
     jobs = [(i, 0.05 * (4 - i)) for i in range(5)]
     out, run_id = shards_in_flow(jobs, ShardRunnerConfig(max_workers=5), "square")
     assert out == {"results": [0, 1, 4, 9, 16]}
-    assert task_runs(run_id) == {f"square-{i}": "COMPLETED" for i in range(5)}
+    assert task_runs(run_id, expect=5) == {f"square-{i}": "COMPLETED" for i in range(5)}
 
 
 def test_threads_in_task_failure_raised_after_the_other_shards_finished(prefect_api, tmp_path):
@@ -110,7 +119,7 @@ def test_threads_in_task_failure_raised_after_the_other_shards_finished(prefect_
     assert str(err) == "shard 1 is bad"
     assert "1 of 4 shards failed (shards 11)" in " ".join(err.__notes__)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-0.txt", "shard-2.txt", "shard-3.txt"]
-    runs = task_runs(run_id)
+    runs = task_runs(run_id, expect=5)
     stage_runs = [k for k in runs if k.startswith("stage-")]
     assert len(stage_runs) == 1 and runs.pop(stage_runs[0]) == "COMPLETED"  # it caught the error
     assert runs == {"label-10": "COMPLETED", "label-11": "FAILED", "label-12": "COMPLETED",
@@ -211,7 +220,7 @@ def test_local_ray_runs_shards_from_inside_a_task_and_shuts_down(prefect_api, ra
     assert out == {"results": [0, 1, 2, 3]}, out
     pids = {p.read_text() for p in tmp_path.iterdir()}
     assert len(list(tmp_path.iterdir())) == 4 and str(os.getpid()) not in pids  # ran in Ray workers
-    runs = task_runs(run_id)
+    runs = task_runs(run_id, expect=5)
     assert {k: v for k, v in runs.items() if k.startswith("ray-label")} == {
         f"ray-label-{i}": "COMPLETED" for i in range(4)}
     assert not ray.is_initialized()  # the runner started that Ray, so it stopped it (the fixture
