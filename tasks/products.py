@@ -102,11 +102,15 @@ def data_card_task(refs: dict[str, ArtifactRef], store_uri: str | None = None, f
         for b in store.iter_batches(refs["cot_filtered"], "rejected"):
             stats.add_rejections(b, stage="cot_filter")
         label_meta = store.manifest(refs["labeled"]).metadata
+        images_m = store.manifest(refs["images"])
+        entities_meta = store.manifest(ArtifactRef.parse(images_m.upstream["entities"])).metadata \
+            if "entities" in images_m.upstream else {}
         cot_meta = store.manifest(refs["cot"]).metadata
         meta = {
             "dataset": "DeepPerception data engine output", "version": str(refs["sft_dataset"]),
             "labeler": {**(label_meta.get("labeler") or {}), "usage": label_meta.get("usage") or {}},
             "teacher": {**(cot_meta.get("teacher") or {}), "usage": cot_meta.get("usage") or {}},
+            **({"knowledge": entities_meta["knowledge"]} if entities_meta.get("knowledge") else {}),
             "tables": {k: store.num_rows(v) for k, v in refs.items() if k in ("sft_dataset", "grpo_pool", "bench")},
             "notes": [f"{k}: {v}" for k, v in sorted(refs.items())],
         }

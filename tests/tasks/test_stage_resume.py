@@ -81,7 +81,7 @@ def test_sigkilled_labeling_resumes_only_unfinished_shards_and_equals_an_uninter
     n_shards = len(store.table_files(images))
     assert n_shards >= 10
 
-    slow = SlowGrounder(delay_s=0.12)
+    slow = SlowGrounder(delay_s=0.06)
     with FakeOpenAIServer(slow) as server:
         cfg = _labeling(server.base_url)
         env = {**os.environ, "DP_SHARD_RUNNER": "threads", "PYTHONPATH": str(Path.cwd())}
