@@ -41,23 +41,23 @@ def read_input_table(store: ArtifactStore, ref: ArtifactRef, consumer: str, tabl
     """
     data = store.read_table(ref, table)
     if data.num_rows == 0:
-        where = "" if table == "data" else f" (table {table!r})"
-        raise InputDataError(
-            f"input {ref}{where} has no rows; stage {consumer!r} cannot run on an empty table. "
-            f"Rerun the stage that produced {ref.name} (force it if it was committed empty)",
-            stage=consumer, artifact=str(ref))
+        raise _empty_input(ref, consumer, table)
     return data
+
+
+def _empty_input(ref: ArtifactRef, consumer: str, table: str) -> InputDataError:
+    where = "" if table == "data" else f" (table {table!r})"
+    return InputDataError(
+        f"input {ref}{where} has no rows; stage {consumer!r} cannot run on an empty table. "
+        f"Rerun the stage that produced {ref.name} (force it if it was committed empty)",
+        stage=consumer, artifact=str(ref))
 
 
 def require_input_rows(store: ArtifactStore, ref: ArtifactRef, consumer: str, table: str = "data") -> int:
     """:func:`read_input_table`'s check without reading the table: its row count from the manifest."""
     n = store.num_rows(ref, table)
     if n == 0:
-        where = "" if table == "data" else f" (table {table!r})"
-        raise InputDataError(
-            f"input {ref}{where} has no rows; stage {consumer!r} cannot run on an empty table. "
-            f"Rerun the stage that produced {ref.name} (force it if it was committed empty)",
-            stage=consumer, artifact=str(ref))
+        raise _empty_input(ref, consumer, table)
     return n
 
 
