@@ -4,7 +4,7 @@ For each chosen target in a composite, the teacher receives the image and the pa
 (every entity's name and box, the target and its box) and writes the reasoning that would
 identify the target: Planning -> Visual analysis (one bullet per entity) -> Comparison ->
 Conclusion. ``TemplateTeacher`` writes that CoT offline from the knowledge cards' attributes
-(what the demo uses); ``OpenAITeacher`` asks a real VLM (the paper: Qwen2-VL-72B). The SFT
+(what the demo uses); ``model_teacher.ModelTeacher`` asks a real VLM (the paper: Qwen2-VL-72B). The SFT
 target text is ``<think>{cot}</think><answer>{grounding_answer}</answer>``.
 """
 
@@ -21,7 +21,6 @@ from deepperception.domain.categories import CATEGORIES, describe
 from deepperception.domain.entity import Entity, entities_from_table
 from deepperception.engine.common import BOX_INT, ItemFailed, choose_targets, composite_entities, map_bounded, require_columns
 from deepperception.engine.failures import FailureBudget, good_rows
-from deepperception.engine.openai_chat import OpenAIChat
 
 COT_SCHEMA = pa.schema(
     [
@@ -165,32 +164,6 @@ class TemplateTeacher:
         lines += [f"- The object at {at(j)} is the {e.name}, not the {target.name}." for j, e in enumerate(known) if j != t]
         lines += ["", f"Conclusion: The {target.name} is the object at {tbox}."]
         return "\n".join(lines)
-
-
-class OpenAITeacher:
-    """A VLM teacher behind an OpenAI-compatible server (the paper: Qwen2-VL-72B-Instruct)."""
-
-    def __init__(
-        self,
-        *,
-        base_url: str,
-        model: str,
-        api_key: str = "EMPTY",
-        timeout: float = 300.0,
-        max_retries: int = 2,
-        concurrency: int = 4,
-        temperature: float = 0.7,
-        max_tokens: int = 1024,
-    ) -> None:
-        self.name = f"openai:{model}"
-        self.concurrency = concurrency
-        self.temperature = temperature
-        self.max_tokens = max_tokens
-        self._chat = OpenAIChat(base_url=base_url, model=model, api_key=api_key, timeout=timeout, max_retries=max_retries)
-
-    def generate(self, request: CotRequest) -> str:
-        reply = self._chat.complete(request.image_png, request.prompt, temperature=self.temperature, max_tokens=self.max_tokens)
-        return reply.strip()
 
 
 class DistillConfig(BaseModel):

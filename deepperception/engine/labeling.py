@@ -2,8 +2,9 @@
 
 The paper prompts Qwen2-VL-7B with ``Find and give the bounding box of {E}`` on each FGVR photo
 (pseudo-labels, >95% IoU>0.5 on a manual check). Backends sit behind one ``BoxLabeler``
-interface: ``OracleLabeler`` reads the synthetic renderer's true box; ``OpenAIGroundingLabeler``
-asks any OpenAI-compatible VLM server and parses the reply with the official evaluator's parser.
+interface: ``OracleLabeler`` reads the synthetic renderer's true box;
+``model_labeler.ModelGroundingLabeler`` asks any OpenAI-compatible VLM server and parses the reply
+with the official evaluator's parser.
 HTTP/parse failures become rows with a null ``box``, a ``label_error`` and a ``label_reason`` code;
 the caller decides whether a failure rate is acceptable (``deepperception.engine.failures``), and
 a rerun passes the partly failed table back as ``previous`` so only the failed images are asked
@@ -32,10 +33,9 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from deepperception import boxes
-from deepperception.engine.common import (BOX_INT, ItemFailed, decode_image, encode_png, map_bounded, rejected_table,
+from deepperception.engine.common import (BOX_INT, ItemFailed, decode_image, map_bounded, rejected_table,
                                           require_columns)
 from deepperception.engine.failures import FailureBudget, good_rows
-from deepperception.engine.openai_chat import OpenAIChat
 from deepperception.errors import InputDataError
 from deepperception.images import ImageProblem, open_photo, read_image_bytes, request_bytes
 
@@ -88,42 +88,6 @@ def clean_box(box: Sequence[float], width: int, height: int, box_format: Literal
     if not (x1 < x2 and y1 < y2):
         raise ItemFailed(f"degenerate box {list(box)} (after clamping to 0..1000: {list(q)})")
     return (x1, y1, x2, y2)
-
-
-class OpenAIGroundingLabeler:
-    """Pseudo-labels from a grounding VLM behind an OpenAI-compatible server.
-
-    The prompt is the paper's ``Find and give the bounding box of {E}``; the reply is parsed
-    with the official evaluator's 8-regex parser. Qwen2-VL answers in 0-1000 (the default);
-    set ``box_format="pixels"`` for models that answer in absolute pixels (Qwen2.5-VL).
-    """
-
-    def __init__(
-        self,
-        *,
-        base_url: str,
-        model: str,
-        api_key: str = "EMPTY",
-        timeout: float = 60.0,
-        max_retries: int = 2,
-        concurrency: int = 4,
-        box_format: Literal["qwen_0_1000", "pixels"] = "qwen_0_1000",
-        max_tokens: int = 128,
-    ) -> None:
-        self.name = f"openai:{model}"
-        self.concurrency = concurrency
-        self.box_format = box_format
-        self.max_tokens = max_tokens
-        self._chat = OpenAIChat(base_url=base_url, model=model, api_key=api_key, timeout=timeout, max_retries=max_retries)
-
-    def label(self, image: Image.Image, entity_name: str, *, source_box_px: Sequence[float] | None = None) -> Box1000:
-        from deepperception.eval.parsing import official_bbox  # lazy: owned by the eval package
-
-        reply = self._chat.complete(encode_png(image), f"Find and give the bounding box of {entity_name}", max_tokens=self.max_tokens)
-        box, pattern = official_bbox(reply)
-        if pattern == 0:
-            raise ItemFailed(f"no box in reply: {reply[:200]!r}")
-        return clean_box(box, image.width, image.height, self.box_format)
 
 
 class LabelConfig(BaseModel):

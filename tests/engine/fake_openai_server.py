@@ -5,6 +5,10 @@ must (one user turn: an ``image_url`` data URL that decodes as an image, then a 
 hands the decoded image and text to a test-supplied ``responder``. The responder returns the
 reply text, or an ``int`` HTTP status to fail that call. Malformed requests get a 400 and are
 recorded in ``problems`` so tests can assert there were none.
+
+``served_labeler`` / ``served_teacher`` build the product's model backends for such a server the
+way a stage does (``engine.backends.make_labeler`` / ``make_teacher`` over a ``ChatClient``) and
+close their connection pool afterwards.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ import base64
 import io
 import json
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 from PIL import Image
 
@@ -28,6 +33,8 @@ class Call:
     text: str
     image_size: tuple[int, int]
     params: dict
+    authorization: str | None = None
+    """The request's ``Authorization`` header (``Bearer <key>``)."""
 
 
 @dataclass
@@ -72,7 +79,7 @@ class FakeOpenAIServer:
                     return self._send(400, {"error": {"message": str(exc), "type": "invalid_request_error"}})
                 params = {k: v for k, v in req.items() if k not in ("model", "messages")}
                 with server._lock:
-                    server.calls.append(Call(req["model"], text, image.size, params))
+                    server.calls.append(Call(req["model"], text, image.size, params, self.headers.get("Authorization")))
                 reply = server.responder(image, text, req)
                 if isinstance(reply, int):
                     return self._send(reply, {"error": {"message": f"scripted {reply}", "type": "server_error"}},
@@ -123,3 +130,42 @@ class FakeOpenAIServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
+
+
+def _base_url(server: "FakeOpenAIServer | str") -> str:
+    return server if isinstance(server, str) else server.base_url
+
+
+@contextmanager
+def served_labeler(server: "FakeOpenAIServer | str", model: str, *, box_format: str = "qwen_0_1000",
+                   **endpoint: Any) -> Iterator[Any]:
+    """The stage's grounding labeler (``ModelGroundingLabeler`` behind a metered ``ChatClient``)
+    for ``server`` (or a base URL); ``endpoint`` holds ``EndpointConfig`` fields (``max_retries``...)."""
+    from deepperception.config import LabelingStageConfig
+    from deepperception.engine import backends
+    from deepperception.serving.endpoint import EndpointConfig
+
+    labeler = backends.make_labeler(LabelingStageConfig(
+        backend="openai", box_format=box_format,
+        endpoint=EndpointConfig(base_url=_base_url(server), model=model, **endpoint)))
+    try:
+        yield labeler
+    finally:
+        backends.close(labeler)
+
+
+@contextmanager
+def served_teacher(server: "FakeOpenAIServer | str", model: str, *, temperature: float = 0.7, max_tokens: int = 1024,
+                   **endpoint: Any) -> Iterator[Any]:
+    """The stage's CoT teacher (``ModelTeacher`` behind a metered ``ChatClient``) for ``server`` (or a base URL)."""
+    from deepperception.config import DistillationStageConfig
+    from deepperception.engine import backends
+    from deepperception.serving.endpoint import EndpointConfig
+
+    cfg = DistillationStageConfig(backend="openai", temperature=temperature, max_tokens=max_tokens,
+                                  endpoint=EndpointConfig(base_url=_base_url(server), model=model, **endpoint))
+    teacher = backends.make_teacher(cfg, None)  # the entity table only feeds the template teacher
+    try:
+        yield teacher
+    finally:
+        backends.close(teacher)

@@ -11,13 +11,12 @@ from deepperception.engine.composition import CompositionConfig, compose
 from deepperception.engine.distillation import (
     COT_SCHEMA,
     DistillConfig,
-    OpenAITeacher,
     Teacher,
     TemplateTeacher,
     distill,
 )
 from deepperception.errors import InputDataError
-from fake_openai_server import FakeOpenAIServer
+from fake_openai_server import FakeOpenAIServer, served_teacher
 
 
 @pytest.fixture(scope="module")
@@ -109,18 +108,21 @@ def test_openai_teacher_against_http_server(composites):
         return (f"Planning: look for the {name}.\n\nVisual analysis:\n- the image is {image.size[0]}x{image.size[1]}.\n\n"
                 f"Comparison: compare.\n\nConclusion: the {name} is at {box}.")
 
-    with FakeOpenAIServer(responder) as server:
-        teacher = OpenAITeacher(base_url=server.base_url, model="teacher-72b", max_retries=1, concurrency=4,
-                                temperature=0.3, max_tokens=256)
+    with FakeOpenAIServer(responder) as server, \
+            served_teacher(server, "teacher-72b", max_retries=1, concurrency=4, temperature=0.3, max_tokens=256) as teacher:
         cot = distill(composites, teacher, DistillConfig(targets_per_composite=2)).to_pylist()
     assert server.problems == []
     assert set(seen_params) == {(0.3, 256)}
+    assert len(cot) == 2 * composites.num_rows  # a CoT (or an error) for every question
     assert len(server.calls) == len(cot) + 2  # the dead composite's 2 items were each tried twice
+    assert sorted(c.text for c in server.calls if not c.text.startswith(dead_prefix + ". The bounding box")) == \
+        sorted(r["teacher_prompt"] for r in cot if r["composite_id"] != dead)  # each other question asked once
     for row in cot:
         assert row["teacher_backend"] == "openai:teacher-72b"
         if row["composite_id"] == dead:
             assert row["cot"] is None and row["response"] is None and "HTTP 503" in row["error"]
+            assert (row["error_reason"], row["attempts"]) == ("http_5xx", 2)
         else:
-            assert row["error"] is None
+            assert row["error"] is None and row["error_reason"] is None and row["attempts"] == 1
             assert row["cot"].endswith(f"the {row['target_entity']} is at {boxes.format_box(row['target_box'])}.")
             assert row["response"].startswith("<think>Planning:")

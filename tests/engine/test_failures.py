@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
+import socket
 
 import numpy as np
 import pyarrow as pa
@@ -13,13 +15,14 @@ from PIL import Image
 
 from deepperception import boxes
 from deepperception.engine.composition import CompositionConfig, compose
-from deepperception.engine.distillation import OpenAITeacher, distill
+from deepperception.engine.distillation import distill
 from deepperception.engine.failures import FailureSummary, enforce_failure_limit, summarize, summarize_table
-from deepperception.engine.labeling import OpenAIGroundingLabeler, label_images
+from deepperception.engine.labeling import label_images, label_table
 from deepperception.errors import InputDataError, StageFailedError
-from fake_openai_server import FakeOpenAIServer
+from fake_openai_server import FakeOpenAIServer, served_labeler, served_teacher
 
 PROMPT = "Find and give the bounding box of "
+TARGET = re.compile(r"The bounding box of (.+?) is (\(\d+,\d+\),\(\d+,\d+\))\. Give the reasoning")
 
 
 def _key(img: Image.Image) -> str:
@@ -72,11 +75,11 @@ def test_label_retry_asks_only_the_failed_images(images):
     keys = [_key(Image.open(io.BytesIO(b))) for b in table.column("image").to_pylist()]
     responder = FlakyBoxes(table)
     responder.failing = {keys[1], keys[6]}
-    with FakeOpenAIServer(responder) as server:
-        labeler = OpenAIGroundingLabeler(base_url=server.base_url, model="vl", max_retries=0, concurrency=3)
+    with FakeOpenAIServer(responder) as server, served_labeler(server, "vl", max_retries=0, concurrency=3) as labeler:
         first = label_images(table, labeler)
         errors = first.column("label_error").to_pylist()
         assert [i for i, e in enumerate(errors) if e] == [1, 6]
+        assert [first.column("label_reason")[i].as_py() for i in (1, 6)] == ["http_5xx", "http_5xx"]
         # The endpoint recovers; the retry sends only the two failed images.
         responder.failing, responder.asked = set(), []
         second = label_images(table, labeler, previous=first)
@@ -96,8 +99,7 @@ def test_label_retry_ignores_rows_of_another_backend(images):
     other = table.append_column("box", pa.array([[1, 2, 3, 4]] * 3, pa.list_(pa.int32(), 4))) \
         .append_column("label_backend", pa.array(["openai:other"] * 3)) \
         .append_column("label_error", pa.array([None] * 3, pa.string()))
-    with FakeOpenAIServer(responder) as server:
-        labeler = OpenAIGroundingLabeler(base_url=server.base_url, model="vl", max_retries=0, concurrency=1)
+    with FakeOpenAIServer(responder) as server, served_labeler(server, "vl", max_retries=0, concurrency=1) as labeler:
         out = label_images(table, labeler, previous=other)
     assert len(responder.asked) == 3
     assert out.column("box").to_pylist() != [[1, 2, 3, 4]] * 3
@@ -113,16 +115,16 @@ def test_distill_retry_asks_only_the_failed_questions(labeled):
         calls.append(text)
         if text in fail:
             return 503
-        return "Planning: look.\nConclusion: " + text[-40:]
+        name, box = TARGET.search(text).groups()  # a reply that passes the teacher's CoT validation
+        return f"Planning: look.\n\nConclusion: the {name} is at {box}."
 
-    with FakeOpenAIServer(responder) as server:
-        teacher = OpenAITeacher(base_url=server.base_url, model="teacher", max_retries=0, concurrency=2)
+    with FakeOpenAIServer(responder) as server, served_teacher(server, "teacher", max_retries=0, concurrency=2) as teacher:
         first = distill(composites, teacher)
         prompts = first.column("teacher_prompt").to_pylist()
         assert first.num_rows == n and all(e is None for e in first.column("error").to_pylist())
         # Second attempt over a table where questions 0 and 2 had failed: only they are asked again.
         errors = [None] * n
-        errors[0], errors[2] = "HTTP 503 from teacher", "teacher returned an empty CoT"
+        errors[0], errors[2] = "HTTP 503: scripted 503", "no_target_box: conclusion does not restate the target box"
         cots = [None if e else c for c, e in zip(first.column("cot").to_pylist(), errors)]
         partial = first.set_column(first.column_names.index("cot"), "cot", pa.array(cots, pa.string())) \
             .set_column(first.column_names.index("error"), "error", pa.array(errors, pa.string()))
@@ -147,23 +149,40 @@ def test_labeling_stops_asking_once_past_the_failure_limit(images):
         asked.append(text)
         return 500
 
-    with FakeOpenAIServer(responder) as server:
-        labeler = OpenAIGroundingLabeler(base_url=server.base_url, model="vl", max_retries=0, concurrency=1)
-        out = label_images(table, labeler, max_failure_rate=0.25)  # 2 of 8 may fail; the 3rd ends it
-    assert len(asked) == 3
+    # 2 of 8 may fail; the 3rd ends it. The client keeps `concurrency` (1) request pulled ahead of
+    # the result it hands back, so the 4th image was already on its way when the 3rd failed.
+    with FakeOpenAIServer(responder) as server, served_labeler(server, "vl", max_retries=0, concurrency=1) as labeler:
+        out = label_images(table, labeler, max_failure_rate=0.25)
+    assert len(asked) == 4
     errors = out.column("label_error").to_pylist()
-    assert all("HTTP 500" in e for e in errors[:3])
-    assert all(e.startswith("not attempted: 3 items had already failed") for e in errors[3:])
+    assert all("HTTP 500" in e for e in errors[:4])
+    assert all(e.startswith("not attempted: 3 items had already failed") for e in errors[4:])
+    assert out.column("label_reason").to_pylist() == ["http_5xx"] * 4 + ["not_attempted"] * 4
+    assert out.column("label_attempts").to_pylist() == [1] * 4 + [0] * 4
     s = summarize_table(out, "image_id", "label_error")
-    assert (s.failed, s.skipped, s.total) == (8, 5, 8) and all("HTTP 500" in e for e in s.examples)
-    with pytest.raises(StageFailedError, match=r"3 of 8 items of labeled-images failed \(more than max_failure_rate "
-                                               r"25.0% allows; 5 more not attempted\).*HTTP 500"):
+    assert (s.failed, s.skipped, s.total) == (8, 4, 8) and all("HTTP 500" in e for e in s.examples)
+    with pytest.raises(StageFailedError, match=r"4 of 8 items of labeled-images failed \(more than max_failure_rate "
+                                               r"25.0% allows; 4 more not attempted\).*HTTP 500"):
         enforce_failure_limit(s, stage="label", artifact="labeled-images", max_failure_rate=0.25)
     # Without a limit every image is asked (the library's default).
     asked.clear()
-    with FakeOpenAIServer(responder) as server:
-        label_images(table, OpenAIGroundingLabeler(base_url=server.base_url, model="vl", max_retries=0, concurrency=1))
+    with FakeOpenAIServer(responder) as server, served_labeler(server, "vl", max_retries=0, concurrency=1) as labeler:
+        label_images(table, labeler)
     assert len(asked) == 8
+
+
+def test_dead_endpoint_is_a_per_image_connection_failure_naming_it(images):
+    table = images.slice(0, 2)
+    with socket.socket() as s:  # a port nothing listens on: every connection is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with served_labeler(f"http://127.0.0.1:{port}/v1", "vl", max_retries=0, timeout_s=10, concurrency=2) as labeler:
+        result = label_table(table, labeler)
+    got = result.data.select(["label_error", "label_reason", "label_attempts", "box"]).to_pylist()
+    for r in got:
+        assert (r["label_reason"], r["label_attempts"], r["box"]) == ("connection", 1, None)
+        assert f"ConnectError talking to vl at http://127.0.0.1:{port}/v1" in r["label_error"]
+    assert result.stats["usage"]["failures"] == {"connection": 2}
 
 
 class CountingTeacher:

@@ -12,13 +12,12 @@ from deepperception import boxes
 from deepperception.engine.labeling import (
     BoxLabeler,
     LabelConfig,
-    OpenAIGroundingLabeler,
     OracleLabeler,
     label_images,
     label_table,
 )
 from deepperception.errors import InputDataError
-from fake_openai_server import FakeOpenAIServer
+from fake_openai_server import FakeOpenAIServer, served_labeler
 
 PROMPT = "Find and give the bounding box of "
 
@@ -73,7 +72,7 @@ def _key(img: Image.Image) -> str:
     return hashlib.sha1(np.asarray(img.convert("RGB")).tobytes()).hexdigest()
 
 
-def test_openai_labeler_against_http_server(images):
+def test_openai_labeler_against_http_server(images, monkeypatch):
     import deepperception.eval.parsing  # noqa: F401  (the labeler parses replies with it: a broken import fails here)
     table = images.slice(0, 8)
     rows = table.to_pylist()
@@ -100,22 +99,32 @@ def test_openai_labeler_against_http_server(images):
         # What Qwen2-VL's answer looks like once special tokens are skipped.
         return f"{name}({x1},{y1}),({x2},{y2})"
 
-    with FakeOpenAIServer(responder) as server:
-        labeler = OpenAIGroundingLabeler(base_url=server.base_url, model="fake-vl", api_key="k", timeout=10,
-                                         max_retries=2, concurrency=3)
-        out = label_images(table, labeler)
+    monkeypatch.setenv("DP_TEST_VL_KEY", "k")  # the key comes from the variable the endpoint names
+    with FakeOpenAIServer(responder) as server, \
+            served_labeler(server, "fake-vl", api_key_env="DP_TEST_VL_KEY", timeout_s=10, max_retries=2,
+                           concurrency=3) as labeler:
+        result = label_table(table, labeler)
+    out = result.data
     assert server.problems == []
     assert {c.model for c in server.calls} == {"fake-vl"}
+    assert {c.authorization for c in server.calls} == {"Bearer k"}
+    assert {c.params["max_tokens"] for c in server.calls} == {128}
     got = out.drop_columns(["image"]).to_pylist()
     assert all(r["label_backend"] == "openai:fake-vl" for r in got)
     for i in (0, 1, 2):  # flaky: first call 500, retried, then correct
-        assert got[i]["label_error"] is None
+        assert got[i]["label_error"] is None and got[i]["label_reason"] is None and got[i]["label_attempts"] == 2
         assert tuple(got[i]["box"]) == truth[(rows[i]["name"], _key(Image.open(io.BytesIO(rows[i]["image"]))))]
+        assert got[i]["box_source"] == "model" and got[i]["label_iou"] == pytest.approx(1.0)
     assert got[3]["box"] is None and "no box in reply" in got[3]["label_error"]
+    assert (got[3]["label_reason"], got[3]["label_attempts"]) == ("no_box", 2)
     for i in range(4, 8):  # always 500: recorded, not raised, after 1 + max_retries attempts
         assert got[i]["box"] is None and "HTTP 500" in got[i]["label_error"]
+        assert (got[i]["label_reason"], got[i]["label_attempts"]) == ("http_5xx", 3)
     assert server.statuses.count(500) == 4 + 4 * 3
     assert all(n == 2 for n in flaky_calls.values())
+    usage = result.stats["usage"]  # the client's meter: every HTTP attempt, failures by reason
+    assert (usage["items"], usage["requests"], usage["retries"]) == (8, len(server.calls), 4 + 4 * 2)
+    assert usage["failures"] == {"http_5xx": 4}  # the unparsable reply was a good HTTP answer
 
 
 def test_openai_labeler_pixel_boxes(images):
@@ -126,7 +135,8 @@ def test_openai_labeler_pixel_boxes(images):
         x1, y1, x2, y2 = (int(v) for v in row["source_box_px"])
         return f"<answer>({x1},{y1}),({x2},{y2})</answer>"
 
-    with FakeOpenAIServer(responder) as server:
-        labeler = OpenAIGroundingLabeler(base_url=server.base_url, model="qwen25", box_format="pixels", concurrency=1)
+    with FakeOpenAIServer(responder) as server, \
+            served_labeler(server, "qwen25", box_format="pixels", concurrency=1) as labeler:
         out = label_images(images.slice(0, 1), labeler)
     assert out.column("box").to_pylist()[0] == list(boxes.pixels_to_qwen(row["source_box_px"], 96, 96))
+    assert out.column("label_backend").to_pylist() == ["openai:qwen25"]
