@@ -6,7 +6,6 @@ stage, row and field, instead of a KeyError from pyarrow or an OSError from PIL.
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 from typing import Any, Sequence
@@ -28,15 +27,6 @@ def encode_png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.convert("RGB").save(buf, format="PNG", compress_level=3)
     return buf.getvalue()
-
-
-def png_data_url(png: bytes) -> str:
-    """The ``data:image/png;base64,...`` URL OpenAI-compatible servers accept.
-
-    >>> png_data_url(b"\\x89PNG")[:30]
-    'data:image/png;base64,iVBORw=='
-    """
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def parse_json_cell(value: Any, *, stage: str, row: int | str, field: str, artifact: str | None = None) -> Any:

@@ -1,6 +1,6 @@
 """Grounding pseudo-labels from a VLM server, streamed through ``ChatClient``.
 
-The many-item counterpart of ``labeling.OpenAIGroundingLabeler``: it takes an iterable of items
+The grounding labeler of model-served runs: it takes an iterable of items
 (a generator over a shard is fine), keeps ``concurrency`` requests in flight, and yields one
 ``LabelOutcome`` per item in order, never raising for a per-item failure. The prompt is the
 paper's ``Find and give the bounding box of {E}``; the reply is parsed with the official

@@ -1,6 +1,6 @@
 """A VLM CoT teacher streamed through ``ChatClient``, every reply validated.
 
-The many-item counterpart of ``distillation.OpenAITeacher``: ``generate_many`` takes the
+The CoT teacher of model-served runs: ``generate_many`` takes the
 ``CotRequest`` s of a shard (any iterable), keeps ``concurrency`` requests in flight and yields
 one ``CotOutcome`` per request in order, never raising for a per-item failure. A reply that
 fails ``cot_validation.validate_cot_reply`` comes back with ``reason="invalid_cot"``, the rule

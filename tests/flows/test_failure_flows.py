@@ -115,7 +115,7 @@ def test_reproduce_with_a_dead_labeler_stops_at_labeling_and_commits_nothing_dow
     uri = str(tmp_path / "store")
     with pytest.raises(StageFailedError, match=rf"stage label: \d+ of \d+ items of labeled-images failed \(more than "
                                                rf"max_failure_rate 5.0% allows; \d+ more not attempted\).*"
-                                               rf"APIConnectionError from vl at http://127.0.0.1:{port}/v1"):
+                                               rf"ConnectError talking to vl at http://127.0.0.1:{port}/v1"):
         reproduce(config=cfg, store_uri=uri)
     store = ArtifactStore.from_uri(uri)
     assert sorted(m.name for m in store.list()) == ["entities", "images"]  # no labeled, composites, cot, bench...
