@@ -110,3 +110,20 @@ def test_artifacts_verify_on_an_empty_store_and_an_unknown_name(tmp_path):
     assert res.exit_code == 0 and "no artifacts in" in res.output
     res = runner.invoke(app, ["artifacts", "verify", "bench", "--store", str(tmp_path / "s")])
     assert res.exit_code != 0 and "bench has no committed version" in (res.output + str(res.exception))
+
+
+def test_artifacts_files_lists_every_part_for_other_readers(tmp_path):
+    import duckdb
+
+    store = ArtifactStore(StoreSettings(uri=str(tmp_path / "s")))
+    with store.plan("cot", "distill", {"k": 1}, {}) as w:
+        with w.table_writer("data", max_rows=3) as tw:
+            tw.write(pa.table({"q": list(range(7))}))
+        ref = w.commit({})
+    res = CliRunner().invoke(app, ["artifacts", "files", "cot@latest", "--store", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    paths = res.output.split()
+    assert len(paths) == 3 and all(p.endswith(".parquet") for p in paths)
+    assert duckdb.sql(f"select sum(q) from read_parquet({paths!r})").fetchall() == [(21,)]
+    res = CliRunner().invoke(app, ["artifacts", "files", str(ref), "--table", "nope", "--store", str(tmp_path / "s")])
+    assert res.exit_code == 2 and "no table 'nope'" in res.output

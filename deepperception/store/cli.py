@@ -94,3 +94,19 @@ def artifacts_verify(
         # Printed here (not raised) so that the exit status is 2 whichever entry point runs it.
         typer.echo(f"error: {len(corrupt)} corrupt version(s) in {s.uri}: {', '.join(corrupt)}", err=True)
         raise typer.Exit(2)
+
+
+@artifacts_app.command("files")
+def artifacts_files(
+    ref: str = typer.Argument(..., help="name@version or name@latest"),
+    table: str = typer.Option("data", "--table", help="Which table of the version (data, rejected, ...)."),
+    store: Optional[str] = StoreOpt,
+    s3_endpoint: Optional[str] = EndpointOpt,
+) -> None:
+    """Print where each Parquet part of a table is, one per line, for any Parquet reader
+    (DuckDB: ``read_parquet([...])``, pandas, ``datasets.load_dataset("parquet", data_files=...)``)."""
+    from deepperception.store import ArtifactRef
+
+    s = _store(store, s3_endpoint)
+    for location in s.table_locations(s.resolve(ArtifactRef.parse(ref)), table):
+        typer.echo(location)
