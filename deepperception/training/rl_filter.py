@@ -9,22 +9,44 @@ carry no GRPO signal, since every group advantage would be 0).
 ``on_empty`` is the explicit, recorded policy for when nothing survives (the tiny random-weight model
 is never correct): ``"error"`` raises :class:`RLFilterEmptyError`; ``"keep_all"`` returns every item
 and says so in ``stats["policy_applied"]``.
+
+The filter is two steps so a large pool runs shard by shard: :func:`score` (sampling, the costly
+part; one shard per part of the pool table, :func:`rl_score_shard`, each committed on its own so a
+killed stage resumes) and the selection (:func:`decide_policy` over the histogram of *all* shards,
+then :func:`keep_mask` per shard). :func:`rl_filter` is both steps on one in-memory table.
+
+Shard ``i`` samples with seed ``seed + (batches in parts 0..i-1)`` (:func:`shard_seeds`), so every
+batch of the pool gets the seed it would get in one unsharded run: a one-part pool gives exactly
+:func:`rl_filter`'s result, and so do parts whose sizes are multiples of ``batch_size``. Within a
+process the loaded stage-1 model is cached (:func:`cached_model`) and sampling is serialised
+(torch's seeded RNG is process-global), so N shards on threads load the checkpoint once.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from deepperception.boxes import box_iou, parse_gt_box
 from deepperception.tables import require_columns
-from deepperception.errors import ConfigError, InputDataError, PipelineError
+from deepperception.errors import ArtifactError, ConfigError, InputDataError, PipelineError
 from deepperception.eval.parsing import official_bbox
+
+if TYPE_CHECKING:  # pragma: no cover
+    from deepperception.engine.sharding import ShardJob
+
+log = logging.getLogger(__name__)
 
 OnEmpty = Literal["error", "keep_all"]
 CORRECT_IOU = 0.5
+SHARD_UNIT = "rl-score"
+"""Shard unit of the RL filter stage (``_shards/rl-score/`` of the grpo-dataset version)."""
+SCORED_TABLE = "scored"
+"""Every pool row with ``n_correct`` and ``sample_ious``, one part per shard (kept rows go to ``data``)."""
 
 
 class RLFilterEmptyError(PipelineError):
@@ -54,6 +76,140 @@ def count_correct(samples: list[str], gt, threshold: float = CORRECT_IOU) -> tup
     return sum(i >= threshold for i in ious), ious
 
 
+
+def check_params(n_samples: int, keep_min: int, keep_max: int, on_empty: str) -> None:
+    """Refuse a keep range or ``on_empty`` policy the filter cannot apply.
+
+    >>> check_params(4, 1, 3, "error")
+    >>> check_params(4, 3, 1, "error")
+    Traceback (most recent call last):
+    ...
+    deepperception.errors.ConfigError: need 0 <= keep_min (3) <= keep_max (1) <= n_samples (4)
+    """
+    if not 0 <= keep_min <= keep_max <= n_samples:
+        raise ConfigError(f"need 0 <= keep_min ({keep_min}) <= keep_max ({keep_max}) <= n_samples ({n_samples})")
+    if on_empty not in ("error", "keep_all"):
+        raise ConfigError(f"on_empty must be 'error' or 'keep_all', got {on_empty!r}")
+
+
+Sampler = Callable[..., dict[str, list[str]]]
+"""``sampler(table, ckpt_dir, n=, temperature=, max_new_tokens=, seed=, batch_size=, top_k=, top_p=,
+device=) -> {question_id: [answer, ...]}`` (the signature of ``inference.sample_answers``)."""
+
+
+def score(
+    grpo_rows,
+    ckpt_dir: str | Path | None,
+    n_samples: int = 4,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 512,
+    seed: int = 0,
+    batch_size: int = 8,
+    device: str = "cpu",
+    samples: dict[str, list[str]] | None = None,
+    sampler: Sampler | None = None,
+    allow_empty: bool = False,
+):
+    """Every input row (input order) with ``n_correct`` (int32) and ``sample_ious`` (list<float32>).
+
+    ``samples`` (qid -> answers) skips sampling; otherwise ``sampler`` (default
+    :func:`deepperception.eval.inference.sample_answers`) samples ``ckpt_dir``. GT boxes are checked
+    before anything is sampled, so a bad row fails in seconds, named.
+    """
+    import pyarrow as pa
+
+    table = grpo_rows if isinstance(grpo_rows, pa.Table) else pa.Table.from_pylist(list(grpo_rows))
+    # No item in, nothing to keep: say so instead of committing an empty GRPO dataset.
+    require_columns(table, ("question_id", "solution"), stage="rl_filter", allow_empty=allow_empty)
+    qids = table.column("question_id").to_pylist()
+    sols = table.column("solution").to_pylist()
+    gts = []
+    for q, s in zip(qids, sols):
+        gt = parse_gt_box(s or "")
+        if gt is None:
+            raise InputDataError("solution has no <|box_start|>(x1,y1),(x2,y2)<|box_end|>", stage="rl_filter", row=q,
+                                 field="solution")
+        gts.append(gt)
+    if samples is None and table.num_rows:
+        if ckpt_dir is None:
+            raise ConfigError("rl_filter needs ckpt_dir or precomputed samples")
+        if sampler is None:
+            from deepperception.eval import inference
+            sampler = inference.sample_answers
+        samples = sampler(table, ckpt_dir, n=n_samples, temperature=temperature, max_new_tokens=max_new_tokens,
+                          seed=seed, batch_size=batch_size, top_k=top_k, top_p=top_p, device=device)
+    counts, ious_all = [], []
+    for q, gt in zip(qids, gts):
+        got = (samples or {}).get(q)
+        if got is None or len(got) != n_samples:
+            raise InputDataError(f"expected {n_samples} samples, got {0 if got is None else len(got)}",
+                                 stage="rl_filter", row=q)
+        c, ious = count_correct(got, gt)
+        counts.append(c)
+        ious_all.append(ious)
+    return table.append_column("n_correct", pa.array(counts, pa.int32())).append_column(
+        "sample_ious", pa.array(ious_all, pa.list_(pa.float32())))
+
+
+def count_histogram(counts) -> dict[int, int]:
+    """``{n_correct: items}`` in first-seen order (the order error messages show; stats sort it).
+
+    >>> count_histogram([0, 4, 0, 2])
+    {0: 2, 4: 1, 2: 1}
+    """
+    return {int(k): int(v) for k, v in Counter(counts).items()}
+
+
+def decide_policy(histogram: dict[int, int], n_samples: int, keep_min: int, keep_max: int,
+                  on_empty: OnEmpty) -> str:
+    """``"filter"`` when some item (of the whole pool: pass the histogram of every shard) has
+    ``keep_min..keep_max`` correct answers; else ``"keep_all"``, or :class:`RLFilterEmptyError`.
+
+    >>> decide_policy({0: 3, 2: 1}, 4, 1, 3, "error")
+    'filter'
+    >>> decide_policy({0: 3, 4: 1}, 4, 1, 3, "keep_all")
+    'keep_all'
+    """
+    if any(keep_min <= c <= keep_max and n > 0 for c, n in histogram.items()):
+        return "filter"
+    if on_empty == "error":
+        raise RLFilterEmptyError(
+            f"no item has {keep_min}..{keep_max} of {n_samples} correct (histogram {dict(histogram)}); "
+            "pass on_empty='keep_all' to train on every item anyway")
+    return "keep_all"
+
+
+def keep_mask(n_correct, keep_min: int, keep_max: int, policy: str):
+    """Boolean mask of the rows to keep, given the pool-wide ``policy`` of :func:`decide_policy`.
+
+    >>> keep_mask([0, 1, 3, 4], 1, 3, "filter").to_pylist()
+    [False, True, True, False]
+    >>> keep_mask([0, 4], 1, 3, "keep_all").to_pylist()
+    [True, True]
+    """
+    import pyarrow as pa
+
+    counts = n_correct.to_pylist() if hasattr(n_correct, "to_pylist") else list(n_correct)
+    if policy == "keep_all":
+        return pa.array([True] * len(counts))
+    return pa.array([keep_min <= c <= keep_max for c in counts])
+
+
+def filter_stats(n_in: int, n_kept: int, histogram: dict[int, int], policy: str, *, on_empty: OnEmpty,
+                 n_samples: int, keep_min: int, keep_max: int, temperature: float, top_k: int, top_p: float,
+                 max_new_tokens: int, seed: int, ckpt_dir: str | Path | None) -> dict[str, Any]:
+    """The ``stats`` a filtered dataset records (the same keys whether it ran in one piece or in shards)."""
+    return {
+        "n_in": n_in, "n_kept": n_kept, "count_histogram": {int(k): v for k, v in sorted(histogram.items())},
+        "policy_applied": policy, "on_empty": on_empty, "n_samples": n_samples, "keep_min": keep_min,
+        "keep_max": keep_max, "correct_iou": CORRECT_IOU, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+        "max_new_tokens": max_new_tokens, "seed": seed, "checkpoint": None if ckpt_dir is None else str(ckpt_dir),
+    }
+
+
 def rl_filter(
     grpo_rows,
     ckpt_dir: str | Path | None,
@@ -80,55 +236,153 @@ def rl_filter(
     (precomputed answers); otherwise :func:`~deepperception.eval.inference.sample_answers` runs
     ``ckpt_dir`` with the given decoding.
     """
-    import pyarrow as pa
-
-    if not 0 <= keep_min <= keep_max <= n_samples:
-        raise ConfigError(f"need 0 <= keep_min ({keep_min}) <= keep_max ({keep_max}) <= n_samples ({n_samples})")
-    if on_empty not in ("error", "keep_all"):
-        raise ConfigError(f"on_empty must be 'error' or 'keep_all', got {on_empty!r}")
-    table = grpo_rows if isinstance(grpo_rows, pa.Table) else pa.Table.from_pylist(list(grpo_rows))
-    # No item in, nothing to keep: say so instead of committing an empty GRPO dataset.
-    require_columns(table, ("question_id", "solution"), stage="rl_filter", allow_empty=False)
-    qids = table.column("question_id").to_pylist()
-    sols = table.column("solution").to_pylist()
-    gts = []
-    for q, s in zip(qids, sols):
-        gt = parse_gt_box(s or "")
-        if gt is None:
-            raise InputDataError("solution has no <|box_start|>(x1,y1),(x2,y2)<|box_end|>", stage="rl_filter", row=q,
-                                 field="solution")
-        gts.append(gt)
-    if samples is None:
-        if ckpt_dir is None:
-            raise ConfigError("rl_filter needs ckpt_dir or precomputed samples")
-        from deepperception.eval.inference import sample_answers
-        samples = sample_answers(table, ckpt_dir, n=n_samples, temperature=temperature, max_new_tokens=max_new_tokens,
-                                 seed=seed, batch_size=batch_size, top_k=top_k, top_p=top_p, device=device)
-    counts, ious_all = [], []
-    for q, gt in zip(qids, gts):
-        got = samples.get(q)
-        if got is None or len(got) != n_samples:
-            raise InputDataError(f"expected {n_samples} samples, got {0 if got is None else len(got)}",
-                                 stage="rl_filter", row=q)
-        c, ious = count_correct(got, gt)
-        counts.append(c)
-        ious_all.append(ious)
-    keep = [keep_min <= c <= keep_max for c in counts]
-    policy = "filter"
-    if not any(keep):
-        if on_empty == "error":
-            raise RLFilterEmptyError(
-                f"no item has {keep_min}..{keep_max} of {n_samples} correct (histogram {dict(Counter(counts))}); "
-                "pass on_empty='keep_all' to train on every item anyway")
-        keep = [True] * len(counts)
-        policy = "keep_all"
-    annotated = table.append_column("n_correct", pa.array(counts, pa.int32())).append_column(
-        "sample_ious", pa.array(ious_all, pa.list_(pa.float32())))
-    kept = annotated.filter(pa.array(keep))
-    stats = {
-        "n_in": table.num_rows, "n_kept": kept.num_rows, "count_histogram": {int(k): v for k, v in sorted(Counter(counts).items())},
-        "policy_applied": policy, "on_empty": on_empty, "n_samples": n_samples, "keep_min": keep_min,
-        "keep_max": keep_max, "correct_iou": CORRECT_IOU, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-        "max_new_tokens": max_new_tokens, "seed": seed, "checkpoint": None if ckpt_dir is None else str(ckpt_dir),
-    }
+    check_params(n_samples, keep_min, keep_max, on_empty)
+    annotated = score(grpo_rows, ckpt_dir, n_samples, temperature=temperature, top_k=top_k, top_p=top_p,
+                      max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, device=device,
+                      samples=samples)
+    counts = annotated.column("n_correct").to_pylist()
+    histogram = count_histogram(counts)
+    policy = decide_policy(histogram, n_samples, keep_min, keep_max, on_empty)
+    kept = annotated.filter(keep_mask(counts, keep_min, keep_max, policy))
+    stats = filter_stats(annotated.num_rows, kept.num_rows, histogram, policy, on_empty=on_empty, n_samples=n_samples,
+                         keep_min=keep_min, keep_max=keep_max, temperature=temperature, top_k=top_k, top_p=top_p,
+                         max_new_tokens=max_new_tokens, seed=seed, ckpt_dir=ckpt_dir)
     return kept, stats
+
+
+# ---- shard by shard ---------------------------------------------------------------------------
+
+def shard_seeds(part_rows: list[int], seed: int, batch_size: int) -> list[int]:
+    """The sampling seed of each shard: ``seed`` plus the number of sampling batches before it, so
+    batch ``b`` of the whole pool runs under ``seed + b`` as in one unsharded run.
+
+    >>> shard_seeds([5, 5, 3], seed=10, batch_size=2)
+    [10, 13, 16]
+    >>> shard_seeds([7], seed=0, batch_size=8)
+    [0]
+    """
+    out, batches = [], 0
+    for rows in part_rows:
+        out.append(seed + batches)
+        batches += -(-int(rows) // batch_size)
+    return out
+
+
+_LOADED: dict[tuple, tuple[Any, Any]] = {}
+_LOAD_LOCK = threading.Lock()
+_SAMPLE_LOCK = threading.Lock()
+
+
+def _checkpoint_key(ckpt_dir: str | Path, device: str, dtype: str) -> tuple:
+    """A checkpoint's identity in this process: its path and its top-level files' sizes and mtimes
+    (a directory rewritten in place is loaded again)."""
+    path = Path(ckpt_dir).resolve()
+    stamp = tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file()))
+    return (str(path), device, dtype, stamp)
+
+
+def cached_model(ckpt_dir: str | Path, device: str = "cpu", dtype: str | None = None) -> tuple[Any, Any]:
+    """``(processor, model)`` of a checkpoint, loaded once per process and reused by every shard
+    that runs there (threads share it; each Ray worker process loads it once). Only the latest
+    checkpoint is kept, so a process that moves on to another model frees the previous one."""
+    from deepperception.model.loading import load_model, load_processor
+
+    dtype = dtype or ("float32" if device == "cpu" else "bfloat16")
+    key = _checkpoint_key(ckpt_dir, device, dtype)
+    with _LOAD_LOCK:
+        hit = _LOADED.get(key)
+        if hit is None:
+            _LOADED.clear()
+            log.info("rl-filter: loading %s on %s (%s)", ckpt_dir, device, dtype)
+            ckpt = Path(ckpt_dir)
+            hit = _LOADED[key] = (load_processor(ckpt), load_model(ckpt, device=device, dtype=dtype))
+        return hit
+
+
+def clear_model_cache() -> None:
+    """Drop the cached stage-1 model (frees its memory, on the GPU too)."""
+    import sys
+
+    with _LOAD_LOCK:
+        had = bool(_LOADED)
+        _LOADED.clear()
+    torch = sys.modules.get("torch")
+    if had and torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def sample_cached(
+    rows: Any,
+    ckpt_dir: str | Path,
+    n: int = 4,
+    temperature: float = 1.0,
+    max_new_tokens: int = 512,
+    seed: int = 0,
+    batch_size: int = 8,
+    *,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    device: str = "cpu",
+) -> dict[str, list[str]]:
+    """:func:`~deepperception.eval.inference.sample_answers` (r1 prompt, no pre-resize) on the
+    process's :func:`cached_model`: the same batches, seeds and answers, without reloading the
+    checkpoint per shard. Calls are serialised: the seeded RNG (``torch.manual_seed``) is global to
+    the process, so two shards sampling at once on threads would change each other's answers."""
+    import torch
+
+    from deepperception.eval.inference import _batches, _prepare, normalize_rows
+    from deepperception.model.generation import DecodingSpec, generate_batch
+
+    if n < 1:
+        raise ConfigError(f"n must be >= 1, got {n}")
+    rows = list(rows.to_pylist()) if hasattr(rows, "to_pylist") else list(rows)
+    rows = [dict(r, question=r["problem"]) if "question" not in r and "problem" in r else r for r in rows]
+    rows = normalize_rows(rows, ("question_id", "question", "image"), stage="sample_answers")
+    processor, model = cached_model(ckpt_dir, device=device)
+    spec = DecodingSpec(False, max_new_tokens, 1.0, temperature=temperature, top_k=top_k, top_p=top_p,
+                        source="sample_answers")
+    result: dict[str, list[str]] = {}
+    with _SAMPLE_LOCK:
+        for b, batch in enumerate(_batches(rows, batch_size)):
+            prompts, images, _ = _prepare(batch, processor, "r1", False)
+            with torch.random.fork_rng(devices=[] if device == "cpu" else None):
+                torch.manual_seed(seed + b)
+                gens = generate_batch(model, processor, prompts, images, spec, num_return_sequences=n,
+                                      suppress_image_token=True)
+            for j, r in enumerate(batch):
+                result[r["question_id"]] = [g.text for g in gens[j * n:(j + 1) * n]]
+    return result
+
+
+def shard_checkpoint(store, spec: dict[str, Any]) -> Path:
+    """The stage-1 checkpoint directory for a shard: the path the stage resolved (``ckpt_dir``,
+    present wherever the shard runs on the stage's machine), else the checkpoint artifact's files
+    materialised on this worker (a Ray worker on another machine with an S3 store)."""
+    from deepperception.store import ArtifactRef
+
+    path = Path(spec["ckpt_dir"])
+    if (path / "config.json").is_file():
+        return path
+    ref = ArtifactRef.parse(spec["checkpoint"])
+    if store.manifest(ref).metadata.get("external_path"):
+        raise ArtifactError(f"checkpoint {ref} is the external directory {path}, which this worker does not have "
+                            "(mount it at the same path, or store the checkpoint's files in the artifact store)")
+    return store.materialize(ref)
+
+
+def rl_score_shard(job: "ShardJob") -> Any:
+    """Score part ``spec["part"]`` of the GRPO pool (spec: pool, part, checkpoint, ckpt_dir, rl_filter,
+    seed) and commit every row, annotated, as the shard's ``scored`` table with its count histogram."""
+    from deepperception.config import RLFilterConfig
+    from deepperception.store import ArtifactRef
+
+    store = job.open_store()
+    cfg = RLFilterConfig.model_validate(job.spec["rl_filter"])
+    part = job.spec["part"]
+    table = store.read_part(ArtifactRef.parse(job.spec["pool"]), part)
+    scored = score(table, shard_checkpoint(store, job.spec) if table.num_rows else None, cfg.n_samples,
+                   temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=job.spec["seed"],
+                   batch_size=cfg.batch_size, device=cfg.device, sampler=sample_cached, allow_empty=True)
+    meta = {"count_histogram": {str(k): v for k, v in count_histogram(scored.column("n_correct").to_pylist()).items()},
+            "rows_in": table.num_rows, "part": part, "seed": job.spec["seed"]}
+    return store.commit_shard(job.out_ref, job.unit, job.index, {SCORED_TABLE: scored}, meta, replace=job.redo)
