@@ -84,7 +84,7 @@ def reproduce(
     sft = _gpu_stage(stages.train_sft, dispatch, config=cfg.sft, base=base, dataset=data["sft_dataset"],
                      store_uri=uri, force=f("sft"), launch=cfg.launch)
     grpo_data = _gpu_stage(stages.rl_filter, dispatch, config=cfg.rl_filter, checkpoint=sft,
-                           pool=data["grpo_pool"], store_uri=uri, force=f("rl-filter"))
+                           pool=data["grpo_pool"], store_uri=uri, force=f("rl-filter"), runner=cfg.runner)
     grpo = _gpu_stage(stages.train_grpo, dispatch, config=cfg.grpo, checkpoint=sft, dataset=grpo_data,
                       store_uri=uri, force=f("grpo"), launch=cfg.launch)
 

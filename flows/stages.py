@@ -122,8 +122,9 @@ def train_sft(config: SFTStageConfig, base: ArtifactRef, dataset: ArtifactRef,
 
 @flow(name="rl-filter", on_completion=[record_stage_result])
 def rl_filter(config: RLFilterConfig, checkpoint: ArtifactRef, pool: ArtifactRef,
-              store_uri: str | None = None, force: bool = False) -> ArtifactRef:
-    return training.rl_filter_task(config, checkpoint, pool, store_uri, force)
+              store_uri: str | None = None, force: bool = False,
+              runner: ShardRunnerConfig | None = None) -> ArtifactRef:
+    return training.rl_filter_task(config, checkpoint, pool, store_uri, force, runner)
 
 
 @flow(name="train-grpo", on_completion=[record_stage_result])

@@ -13,7 +13,7 @@ shards it had not finished, and the version it commits equals an uninterrupted r
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -35,12 +35,11 @@ from deepperception.engine.common import REJECTED_SCHEMA, merge_counts
 from deepperception.engine.composition import CompositionConfig
 from deepperception.engine.filtering import FilterConfig
 from deepperception.engine.shard_runner import ShardRunnerConfig
-from deepperception.engine.sharding import gather, plan_shards
 from deepperception.errors import InputDataError
 from deepperception.store import ArtifactRef
 from deepperception.store.stage import run_stage
 from tasks.common import TASK_DEFAULTS, open_store, read_input_table, require_input_rows, run_logger
-from tasks.sharding import map_shards
+from tasks.sharding import run_stage_shards
 
 DEFAULT_SHARDING = ShardingConfig()
 
@@ -53,10 +52,6 @@ def _commit_table(writer, table: pa.Table, **meta) -> dict:
 
 def _endpoint_hint(backend: str, endpoint) -> str:
     return f" (backend {backend}, endpoint {endpoint.base_url}, model {endpoint.model}: is the server up?)"
-
-
-def _runner(runner: ShardRunnerConfig | None) -> ShardRunnerConfig:
-    return (runner or ShardRunnerConfig()).with_env()
 
 
 def _sum_failures(records: list) -> failures.FailureSummary:
@@ -84,19 +79,6 @@ def _check_failures(writer, logger, summary: failures.FailureSummary, max_failur
                        "version, a rerun retries them. First errors: %s", writer.stage, summary.failed, summary.total,
                        writer.name, 100 * max_failure_rate, "; ".join(summary.examples))
     return summary.to_metadata()
-
-
-def _run_shards(store, w, logger, unit: str, n_shards: int, spec: Callable[[int], dict], fn,
-                runner: ShardRunnerConfig | None) -> list:
-    """Run the shards of ``w``'s version that are not finished yet; every shard's record, in order."""
-    plan = plan_shards(store, w.ref, unit, n_shards, spec)
-    if plan.done:
-        logger.info("%s: resuming %s: %d of %d shard(s) already finished, %d to run (%d of them to retry failed "
-                    "items)", w.stage, w.ref, len(plan.done), n_shards, len(plan.jobs),
-                    sum(1 for j in plan.jobs if j.redo))
-    results = map_shards(fn, plan.jobs, _runner(runner), name=f"{w.stage}-shard",
-                         shard_ids=[j.index for j in plan.jobs]) if plan.jobs else []
-    return gather(plan, results)
 
 
 def _write_stream(writer, name: str, batches: Iterable[pa.Table | pa.RecordBatch], schema: pa.Schema,
@@ -226,7 +208,7 @@ def label_boxes_task(
         n = len(store.table_files(images))
         spec = {"images": str(images), "labeling": config.model_dump(mode="json"),
                 "previous": str(w.previous) if w.previous else None}
-        records = _run_shards(store, w, logger, "label", n, lambda i: {**spec, "part": i},
+        records = run_stage_shards(store, w, logger, "label", n, lambda i: {**spec, "part": i},
                               shard_stages.label_shard, runner)
         hint = _endpoint_hint(config.backend, config.endpoint) if config.backend == "openai" else ""
         if sum(r.rows("data") for r in records) == 0 and any(r.rows("rejected") for r in records):
@@ -286,7 +268,7 @@ def compose_task(
         chunks = [plans[i:i + block] for i in range(0, len(plans), block)]
         failures.require_rows(pa.table({"n": [0] * len(plans)}), stage=w.stage, artifact=w.name)
         spec = {"labeled": str(labeled), "composition": config.model_dump(mode="json")}
-        records = _run_shards(store, w, logger, "compose", len(chunks),
+        records = run_stage_shards(store, w, logger, "compose", len(chunks),
                               lambda i: {**spec, "plans": [shard_stages.plan_to_json(p) for p in chunks[i]]},
                               shard_stages.compose_shard, runner)
         w.adopt_shards(records)
@@ -352,7 +334,7 @@ def distill_cot_task(
         require_input_rows(store, entities, "distill")
         spec = {"composites": str(composites), "entities": str(entities),
                 "distillation": config.model_dump(mode="json"), "previous": str(w.previous) if w.previous else None}
-        records = _run_shards(store, w, logger, "distill", len(store.table_files(composites)),
+        records = run_stage_shards(store, w, logger, "distill", len(store.table_files(composites)),
                               lambda i: {**spec, "part": i}, shard_stages.distill_shard, runner)
         hint = _endpoint_hint(config.backend, config.endpoint) if config.backend == "openai" else ""
         found = _check_failures(w, logger, _sum_failures(records), config.max_failure_rate, hint,

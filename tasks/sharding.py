@@ -219,3 +219,22 @@ def map_shards(fn: Callable[[J], R], jobs: Sequence[J], runner: ShardRunnerConfi
     if runner.kind == "threads":
         return _map_plain_threads(fn, jobs, runner, name, ids)
     return _map_plain_ray(fn, jobs, runner, name, ids)
+
+
+def run_stage_shards(store, writer, logger, unit: str, n_shards: int, spec, fn, runner: ShardRunnerConfig | None):
+    """Run the shards of ``writer``'s version that are not finished yet (``fn(job)`` per shard, on
+    ``runner``; env overrides applied) and return every shard's record, in index order.
+
+    Finished shards of an earlier, interrupted run of the same version are reused, and a shard that
+    finished with failed items is run again with ``job.redo`` set (see
+    :mod:`deepperception.engine.sharding`)."""
+    from deepperception.engine.sharding import gather, plan_shards
+
+    plan = plan_shards(store, writer.ref, unit, n_shards, spec)
+    if plan.done:
+        logger.info("%s: resuming %s: %d of %d shard(s) already finished, %d to run (%d of them to retry failed "
+                    "items)", writer.stage, writer.ref, len(plan.done), n_shards, len(plan.jobs),
+                    sum(1 for j in plan.jobs if j.redo))
+    results = map_shards(fn, plan.jobs, (runner or ShardRunnerConfig()).with_env(), name=f"{writer.stage}-shard",
+                         shard_ids=[j.index for j in plan.jobs]) if plan.jobs else []
+    return gather(plan, results)

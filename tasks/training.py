@@ -30,7 +30,7 @@ from tasks.common import (
     require_input_rows,
     run_logger,
 )
-from tasks.engine import _run_shards
+from tasks.sharding import run_stage_shards
 
 def _tokenizer_corpus(sft_table, grpo_table) -> list[str]:
     """Training-side text only (CoTs, questions, solutions): no bench answers leak in."""
@@ -120,7 +120,7 @@ def rl_filter_task(
         spec = {"pool": str(pool), "checkpoint": str(checkpoint), "ckpt_dir": str(ckpt),
                 "rl_filter": config.model_dump(mode="json")}
         try:
-            records = _run_shards(store, w, logger, rlf.SHARD_UNIT, len(files),
+            records = run_stage_shards(store, w, logger, rlf.SHARD_UNIT, len(files),
                                   lambda i: {**spec, "part": i, "seed": seeds[i]}, rlf.rl_score_shard, runner)
         finally:  # threads shared one loaded stage-1 model; free it before the next (GPU) stage
             rlf.clear_model_cache()

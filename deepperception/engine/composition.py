@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from deepperception import boxes
 from deepperception.domain.seeding import rng_for
-from deepperception.engine.common import check_box, decode_image, encode_png, require_columns
+from deepperception.engine.common import check_box, encode_png, require_columns
 from deepperception.errors import InputDataError
 from deepperception.images import ImageProblem, open_photo, read_image_bytes
 

@@ -33,7 +33,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from deepperception import boxes
-from deepperception.engine.common import (BOX_INT, ItemFailed, decode_image, map_bounded, rejected_table,
+from deepperception.engine.common import (BOX_INT, ItemFailed, map_bounded, rejected_table,
                                           require_columns)
 from deepperception.engine.failures import FailureBudget, good_rows
 from deepperception.errors import InputDataError

@@ -430,6 +430,7 @@ def sample_answers(
     device: str = "cpu",
     dtype: str | None = None,
     official_preresize: bool = False,
+    loaded: tuple[Any, Any] | None = None,
 ) -> dict[str, list[str]]:
     """``n`` sampled answers per question (RL data filtering, official-code.md §4.1 step 5).
 
@@ -439,6 +440,8 @@ def sample_answers(
     Reproducible for the same ``(rows, seed, batch_size)``: batch ``b`` runs under
     ``torch.manual_seed(seed + b)`` inside a forked RNG, so the caller's RNG is untouched.
     ``official_preresize`` defaults to False: GRPO training feeds images to the processor directly.
+    ``loaded`` is an already loaded ``(processor, model)`` of ``ckpt_dir`` (a shard worker keeps one
+    per process instead of loading the checkpoint for every shard).
     """
     import torch
 
@@ -453,10 +456,12 @@ def sample_answers(
             r = dict(r, question=r["problem"])
             rows[i] = r
     rows = normalize_rows(rows, ("question_id", "question", "image"), stage="sample_answers")
-    ckpt = Path(ckpt_dir)
-    processor = load_processor(ckpt)
-    dtype = dtype or ("float32" if device == "cpu" else "bfloat16")
-    model = load_model(ckpt, device=device, dtype=dtype)
+    if loaded is not None:
+        processor, model = loaded
+    else:
+        ckpt = Path(ckpt_dir)
+        processor = load_processor(ckpt)
+        model = load_model(ckpt, device=device, dtype=dtype or ("float32" if device == "cpu" else "bfloat16"))
     spec = DecodingSpec(False, max_new_tokens, 1.0, temperature=temperature, top_k=top_k, top_p=top_p,
                         source="sample_answers")
     result: dict[str, list[str]] = {}

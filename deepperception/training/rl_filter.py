@@ -328,30 +328,14 @@ def sample_cached(
     process's :func:`cached_model`: the same batches, seeds and answers, without reloading the
     checkpoint per shard. Calls are serialised: the seeded RNG (``torch.manual_seed``) is global to
     the process, so two shards sampling at once on threads would change each other's answers."""
-    import torch
-
-    from deepperception.eval.inference import _batches, _prepare, normalize_rows
-    from deepperception.model.generation import DecodingSpec, generate_batch
+    from deepperception.eval.inference import sample_answers
 
     if n < 1:
         raise ConfigError(f"n must be >= 1, got {n}")
-    rows = list(rows.to_pylist()) if hasattr(rows, "to_pylist") else list(rows)
-    rows = [dict(r, question=r["problem"]) if "question" not in r and "problem" in r else r for r in rows]
-    rows = normalize_rows(rows, ("question_id", "question", "image"), stage="sample_answers")
-    processor, model = cached_model(ckpt_dir, device=device)
-    spec = DecodingSpec(False, max_new_tokens, 1.0, temperature=temperature, top_k=top_k, top_p=top_p,
-                        source="sample_answers")
-    result: dict[str, list[str]] = {}
     with _SAMPLE_LOCK:
-        for b, batch in enumerate(_batches(rows, batch_size)):
-            prompts, images, _ = _prepare(batch, processor, "r1", False)
-            with torch.random.fork_rng(devices=[] if device == "cpu" else None):
-                torch.manual_seed(seed + b)
-                gens = generate_batch(model, processor, prompts, images, spec, num_return_sequences=n,
-                                      suppress_image_token=True)
-            for j, r in enumerate(batch):
-                result[r["question_id"]] = [g.text for g in gens[j * n:(j + 1) * n]]
-    return result
+        return sample_answers(rows, ckpt_dir, n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
+                              batch_size=batch_size, top_k=top_k, top_p=top_p, device=device,
+                              loaded=cached_model(ckpt_dir, device=device))
 
 
 def shard_checkpoint(store, spec: dict[str, Any]) -> Path:
