@@ -37,6 +37,13 @@ def previous_rows(store: ArtifactStore, job: ShardJob, part: int) -> pa.Table | 
     return store.read_part(prev_ref, part) if part < len(files) else None
 
 
+def _release_arrow_memory() -> None:
+    """Hand the Arrow allocator's cached free memory back after a shard: otherwise a worker's RSS
+    keeps the high-water mark of every shard it ran (measured: most of the growth left at 10x the
+    photos, benchmarks/RESULTS.md)."""
+    pa.default_memory_pool().release_unused()
+
+
 def _failure_meta(table: pa.Table, id_column: str, error_column: str) -> dict[str, Any]:
     """The shard's ``failures`` entry and how many of them were never attempted (budget spent)."""
     s = failures.summarize_table(table, id_column, error_column)
@@ -61,8 +68,10 @@ def label_shard(job: ShardJob) -> Any:
     meta = {**_failure_meta(result.data, "image_id", "label_error"), **result.stats, "rows_in": images.num_rows,
             "rejected_examples": [f"{r['item_id']}: {r['reason']} ({r['detail']})"
                                   for r in result.rejected.slice(0, 3).to_pylist()]}
-    return store.commit_shard(job.out_ref, job.unit, job.index,
-                              {"data": result.data, "rejected": result.rejected}, meta, replace=job.redo)
+    record = store.commit_shard(job.out_ref, job.unit, job.index,
+                                {"data": result.data, "rejected": result.rejected}, meta, replace=job.redo)
+    _release_arrow_memory()
+    return record
 
 
 def plan_to_json(plan: composition.CompositePlan) -> dict:
@@ -93,7 +102,9 @@ def compose_shard(job: ShardJob) -> Any:
     rows = [composition.render_composite(plan, composition.load_tiles(plan, inline), cfg) for plan in plans]
     table = pa.Table.from_pylist(rows, schema=composition.COMPOSITES_SCHEMA)
     meta = {"layouts": dict(Counter(table.column("layout").to_pylist())), "composites": table.num_rows}
-    return store.commit_shard(job.out_ref, job.unit, job.index, {"data": table}, meta, replace=job.redo)
+    record = store.commit_shard(job.out_ref, job.unit, job.index, {"data": table}, meta, replace=job.redo)
+    _release_arrow_memory()
+    return record
 
 
 def distill_shard(job: ShardJob) -> Any:
@@ -116,4 +127,6 @@ def distill_shard(job: ShardJob) -> Any:
     usage = getattr(teacher, "usage", None)
     if usage is not None and hasattr(usage, "to_metadata"):
         meta["usage"] = usage.to_metadata()
-    return store.commit_shard(job.out_ref, job.unit, job.index, {"data": table}, meta, replace=job.redo)
+    record = store.commit_shard(job.out_ref, job.unit, job.index, {"data": table}, meta, replace=job.redo)
+    _release_arrow_memory()
+    return record

@@ -3,7 +3,9 @@
 ``<root>/<name>/<version>/_lease.json`` holds ``{"owner", "expires_at"}``. It is created with the
 store's exclusive create (local ``os.link``, S3 ``If-None-Match: *``), renewed by a background
 thread while its owner works, and deleted on release. A lease whose owner died expires after
-``StoreSettings.lease_ttl_s`` and is taken over.
+``StoreSettings.lease_ttl_s`` and is taken over; when the owner ran on this same machine (same
+boot) and its process is gone, the lease is taken over at once: a stage rerun right after a crash
+or a SIGKILL resumes without waiting for the expiry.
 
 The lease is only an optimisation: correctness comes from the exclusive manifest commit. Two
 runners that both think they hold it (a takeover racing with a late renewal) just both compute,
@@ -35,10 +37,43 @@ LEASE = "_lease.json"
 class LeaseInfo:
     owner: str
     expires_at: dt.datetime
+    machine: str | None = None
+    pid: int | None = None
 
     @property
     def expired(self) -> bool:
         return dt.datetime.now(dt.timezone.utc) >= self.expires_at
+
+    @property
+    def owner_gone(self) -> bool:
+        """The owner ran on this machine in this boot and its process no longer exists."""
+        if self.machine is None or self.pid is None or self.machine != machine_id():
+            return False  # another machine (or an old lease): only the expiry can tell
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, another user's
+            return False
+        return False
+
+    @property
+    def stale(self) -> bool:
+        return self.expired or self.owner_gone
+
+
+def machine_id() -> str:
+    """An opaque id of this machine *and boot* (a hash, naming nothing): pids are only comparable
+    within one boot of one machine."""
+    import hashlib
+    import socket
+
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = ""
+    return hashlib.sha256(f"{socket.gethostname()}|{boot}".encode()).hexdigest()[:16]
 
 
 def new_owner() -> str:
@@ -60,7 +95,8 @@ class Lease:
 
     def _body(self) -> bytes:
         expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=self.ttl_s)
-        return json.dumps({"owner": self.owner, "expires_at": expires.isoformat()}).encode()
+        return json.dumps({"owner": self.owner, "expires_at": expires.isoformat(), "machine": machine_id(),
+                           "pid": os.getpid()}).encode()
 
     @classmethod
     def acquire(cls, store: "ArtifactStore", ref: "ArtifactRef", owner: str | None = None) -> "Lease | None":
@@ -69,10 +105,11 @@ class Lease:
         if store._create_exclusive(lease.path, lease._body()):
             return lease
         held = read_lease(store, ref)
-        if held is not None and not held.expired:
+        if held is not None and not held.stale:
             return None
-        # Expired (its owner died) or unreadable: take it over, once.
-        log.info("lease on %s held by %s expired; taking it over", ref, held.owner if held else "?")
+        # Expired, its owner's process gone, or unreadable: take it over, once.
+        why = "its process is gone" if held is not None and held.owner_gone else "expired"
+        log.info("lease on %s held by %s %s; taking it over", ref, held.owner if held else "?", why)
         store._delete_file(lease.path)
         return lease if store._create_exclusive(lease.path, lease._body()) else None
 
@@ -128,7 +165,9 @@ def read_lease(store: "ArtifactStore", ref: "ArtifactRef") -> LeaseInfo | None:
     """The current lease on ``ref``; ``None`` if there is none (or it cannot be read)."""
     try:
         raw = json.loads(store._read_small(lease_path(store, ref)))
-        return LeaseInfo(owner=str(raw["owner"]), expires_at=dt.datetime.fromisoformat(raw["expires_at"]))
+        pid = raw.get("pid")
+        return LeaseInfo(owner=str(raw["owner"]), expires_at=dt.datetime.fromisoformat(raw["expires_at"]),
+                         machine=raw.get("machine"), pid=int(pid) if pid is not None else None)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -137,6 +176,6 @@ def wait_while_leased(store: "ArtifactStore", ref: "ArtifactRef") -> None:
     """Block until ``ref`` is committed or its lease is released or expires."""
     while not store.exists(ref):
         held = read_lease(store, ref)
-        if held is None or held.expired:
+        if held is None or held.stale:
             return
         time.sleep(store.settings.lease_poll_s)

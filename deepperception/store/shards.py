@@ -129,7 +129,7 @@ class ShardedTableWriter:
     """Streams record batches of one table into bounded Parquet parts of a version being written.
 
     A part is closed once it holds ``max_rows`` rows or ``max_bytes`` bytes (checked after each
-    row group, so a part may pass ``max_bytes`` by one batch); memory holds one batch at a time.
+    row group, so a part may pass ``max_bytes`` by one row group); memory holds one row group.
     Use through :meth:`VersionWriter.table_writer`; every part becomes a manifest entry.
     """
 
@@ -142,6 +142,8 @@ class ShardedTableWriter:
     entries: list[FileEntry] = field(default_factory=list)
     _part: _OpenPart | None = None
     _closed: bool = False
+    _pending: list[pa.Table] = field(default_factory=list)
+    _pending_rows: int = 0
 
     def __post_init__(self) -> None:
         check_segment(self.table, "table name")
@@ -150,10 +152,13 @@ class ShardedTableWriter:
 
     @property
     def rows(self) -> int:
-        return sum(int(e.rows or 0) for e in self.entries) + (self._part.rows if self._part else 0)
+        return (sum(int(e.rows or 0) for e in self.entries) + (self._part.rows if self._part else 0)
+                + self._pending_rows)
 
     def write(self, data: pa.Table | pa.RecordBatch) -> None:
-        """Append rows (a table or a batch with this table's schema)."""
+        """Append rows (a table or a batch with this table's schema). Small batches are gathered
+        into row groups of about ``row_group_rows`` rows (one row group per call would bloat the
+        file's metadata and slow every reader); memory holds at most one row group."""
         if self._closed:
             raise ArtifactError(f"table {self.table} of {self.version_writer.ref} is already closed")
         table = pa.Table.from_batches([data]) if isinstance(data, pa.RecordBatch) else data
@@ -165,6 +170,24 @@ class ShardedTableWriter:
             except (pa.ArrowInvalid, ValueError, TypeError) as exc:
                 raise ArtifactError(f"table {self.table} of {self.version_writer.ref}: batch schema {table.schema} "
                                     f"does not match {self.schema}: {exc}") from exc
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        part_rows = self._part.rows if self._part else 0
+        if self._pending_rows >= self.row_group_rows or part_rows + self._pending_rows >= self.max_rows or \
+                sum(t.nbytes for t in self._pending) >= self.max_bytes // 4:
+            self._flush()
+
+    def _flush(self, final: bool = False) -> None:
+        """Write whole row groups of the gathered rows (everything when ``final``), keep the rest."""
+        if not self._pending:
+            return
+        table = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
+        keep = 0 if final else table.num_rows % self.row_group_rows
+        if keep and table.num_rows > keep and sum(t.nbytes for t in self._pending) < self.max_bytes // 4:
+            table, rest = table.slice(0, table.num_rows - keep), table.slice(table.num_rows - keep)
+            self._pending, self._pending_rows = [rest], rest.num_rows
+        else:
+            self._pending, self._pending_rows = [], 0
         start = 0
         while start < table.num_rows:
             part = self._part or self._open_part()
@@ -179,6 +202,7 @@ class ShardedTableWriter:
         """Finish the last part; a table that got no row is still written as one empty part."""
         if self._closed:
             return self.entries
+        self._flush(final=True)
         if self._part is None and not self.entries:
             if self.schema is None:
                 raise ArtifactError(f"table {self.table} of {self.version_writer.ref}: no rows and no schema given")
@@ -196,6 +220,7 @@ class ShardedTableWriter:
         if exc_type is None:
             self.close()
         elif self._part is not None:  # the attempt directory is deleted by the version writer
+            self._pending = []
             self._part.writer.close()
             self._part.sink.close()
             self._part = None

@@ -74,3 +74,31 @@ def test_failed_run_releases_its_lease(store):
         run_stage(store, "t", "s", {"k": 1}, {}, produce, code=CODE)
     assert read_lease(store, _planned(store)) is None
     assert store.refs("t") == []
+
+
+def test_a_lease_whose_process_died_on_this_machine_is_taken_over_at_once(store):
+    """A rerun right after a SIGKILL must not wait out the TTL: same machine and boot, dead pid."""
+    import os
+    import subprocess
+    import sys
+
+    from deepperception.store.lease import machine_id, wait_while_leased
+
+    ref = _planned(store)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path = lease_path(store, ref)
+    store.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    far = (_now() + dt.timedelta(hours=1)).isoformat()
+    for pid, machine, taken in ((os.getpid(), machine_id(), False),   # alive: wait for it
+                                (dead.pid, "another-machine", False),  # elsewhere: only the expiry tells
+                                (dead.pid, machine_id(), True)):       # gone: take over now
+        store._overwrite(path, json.dumps({"owner": "x", "expires_at": far, "machine": machine,
+                                           "pid": pid}).encode())
+        assert read_lease(store, ref).owner_gone is taken
+        lease = Lease.acquire(store, ref)
+        assert (lease is not None) is taken
+    lease.release()
+    store._overwrite(path, json.dumps({"owner": "x", "expires_at": far, "machine": machine_id(),
+                                       "pid": dead.pid}).encode())
+    wait_while_leased(store, ref)  # returns at once instead of waiting an hour

@@ -41,6 +41,20 @@ class TestShardedTableWriter:
         assert [b.num_rows for b in store.iter_batches(ref, parts=[2])] == [50]
         assert "id: string" in store.manifest(ref).schemas["data"]
 
+    def test_small_batches_are_gathered_into_row_groups(self, store):
+        import pyarrow.parquet as pq
+
+        writer = store.plan("t", "s", {"rg": 1}, {})
+        with writer:
+            with writer.table_writer("data") as tw:
+                for start in range(0, 10_000, 100):
+                    tw.write(_batch(start, 100))
+            ref = writer.commit({})
+        with store.fs.open_input_file(store.file_path(ref, "data/part-00000.parquet")) as f:
+            meta = pq.ParquetFile(f).metadata
+        assert meta.num_rows == 10_000 and meta.num_row_groups == 3  # 4096 + 4096 + 1808, not 100 groups
+        assert store.read_table(ref).column("x").to_pylist() == list(range(10_000))
+
     def test_parts_are_bounded_in_bytes(self, store):
         writer = store.plan("t", "s", {"bytes": 1}, {})
         blob = pa.RecordBatch.from_pydict({"b": [random.Random(i).randbytes(40_000) for i in range(40)]})  # incompressible
