@@ -67,3 +67,16 @@ def s3_store_uri(moto_endpoint, request):
     s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
     s3.create_bucket(Bucket=bucket)
     return f"s3://{bucket}/runs", moto_endpoint
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One real (temporary) Prefect API server for every test of the session that needs one.
+
+    One per session, not per module: Prefect's events worker (which records client-side task runs)
+    is a process-wide service bound to the first API it talks to, so a second harness would read
+    an API the task runs never reach."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

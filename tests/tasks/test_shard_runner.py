@@ -44,13 +44,11 @@ def write_marker(job: dict) -> int:
 
 # --- Prefect API ----------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def prefect_api():
-    """A real temporary Prefect API server (not the ephemeral one: Ray workers would share its SQLite)."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+@pytest.fixture
+def prefect_api(prefect_harness):
+    """The session's real temporary Prefect API server (not the ephemeral one: Ray workers would
+    share its SQLite)."""
+    yield
 
 
 def task_runs(flow_run_id, expect: int = 1, timeout_s: float = 60.0) -> dict[str, str]:
@@ -187,6 +185,11 @@ def _ray_processes(marker: str) -> list[str]:
     return [line for line in ps.splitlines() if marker in line and "ps -eo" not in line]
 
 
+# One token for the whole test process: Ray keeps the first token it read, so a second local Ray
+# started with a different one would refuse its own workers ("InvalidAuthToken").
+RAY_TOKEN = secrets.token_hex(32)
+
+
 @pytest.fixture
 def ray_env(monkeypatch):
     """A local Ray's temp dir under the system temp dir, no telemetry, and its auth token in the
@@ -195,7 +198,7 @@ def ray_env(monkeypatch):
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     monkeypatch.setenv("DO_NOT_TRACK", "1")
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    monkeypatch.setenv("RAY_AUTH_TOKEN", RAY_TOKEN)
     yield temp
     deadline = time.monotonic() + 20
     while _ray_processes(temp) and time.monotonic() < deadline:

@@ -296,7 +296,7 @@ def test_a_worker_without_the_stages_checkpoint_dir_materialises_it(tmp_path):
         rlf.shard_checkpoint(store, {**spec, "checkpoint": str(external)})
 
 
-def test_shards_run_as_prefect_task_runs_on_an_s3_store(tmp_path, monkeypatch, s3_store_uri):
+def test_shards_run_as_prefect_task_runs_on_an_s3_store(prefect_harness, tmp_path, monkeypatch, s3_store_uri):
     """Inside a flow each shard is a Prefect task run; the pool, the shards and a stored
     checkpoint (materialised into the local cache) all live in S3."""
     from prefect import flow
