@@ -68,6 +68,13 @@ def test_reproduce_toy_end_to_end_then_rerun_reuses(prefect_harness, tmp_path):
     report = ArtifactRef.parse(first["report"])
     assert Path(first["report_markdown"]).read_bytes() == store.read_bytes(report, "report.md")
     assert json.loads(Path(first["report_json"]).read_text())
+    # The data card is also a Prefect Markdown artifact (what the UI shows), figures inlined.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        cards = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["data-card"])))
+    assert cards and "data:image/png;base64," in cards[0].data
 
     again = reproduce(config=cfg, store_uri=uri)
     assert again["artifacts"] == first["artifacts"] and again["report"] == first["report"]
