@@ -238,7 +238,10 @@ def distill(composites: pa.Table, teacher: Teacher, cfg: DistillConfig | None = 
                 results[i] = (out.cot, None, None, out.attempts)
             else:
                 budget.record_failure()
-                results[i] = (None, out.error or "teacher gave no usable CoT", out.reason or "item_failed", out.attempts)
+                # A refused reply keeps which validation rule refused it (invalid_cot:no_target_box, ...).
+                rule = getattr(out, "rule", None)
+                reason = f"{out.reason}:{rule}" if out.reason and rule else (out.reason or "item_failed")
+                results[i] = (None, out.error or "teacher gave no usable CoT", reason, out.attempts)
     else:
         def one(i: int) -> None:
             req = requests[i]

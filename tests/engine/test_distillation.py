@@ -126,3 +126,18 @@ def test_openai_teacher_against_http_server(composites):
             assert row["error"] is None and row["error_reason"] is None and row["attempts"] == 1
             assert row["cot"].endswith(f"the {row['target_entity']} is at {boxes.format_box(row['target_box'])}.")
             assert row["response"].startswith("<think>Planning:")
+
+
+def test_a_refused_teacher_reply_keeps_the_rule_that_refused_it(composites):
+    """A reply whose conclusion gives another entity's box, or no box, is a recorded failure
+    (``invalid_cot:<rule>``), never a training example."""
+    prompt_re = re.compile(r"The bounding box of (.+?) is (\(\d+,\d+\),\(\d+,\d+\))\. Give the reasoning")
+
+    def responder(image, text, req):
+        name, _ = prompt_re.search(text).groups()
+        return f"Planning: find the {name}.\n\nComparison: they differ.\n\nConclusion: the {name} is the second one."
+
+    with FakeOpenAIServer(responder) as server, served_teacher(server, "vl", max_retries=0, concurrency=2) as teacher:
+        cot = distill(composites.slice(0, 2), teacher, DistillConfig(targets_per_composite=1)).to_pylist()
+    assert len(cot) == 2 and all(r["cot"] is None for r in cot)
+    assert {r["error_reason"] for r in cot} == {"invalid_cot:no_target_box"}
