@@ -133,3 +133,47 @@ def parse_object_ref(text: str) -> str | None:
     """
     m = OBJECT_REF_RE.search(text)
     return m.group(1) if m else None
+
+
+def is_valid_box(box: Sequence[float]) -> bool:
+    """Four finite numbers with ``x1 < x2`` and ``y1 < y2`` (a reversed or zero-area box is not).
+
+    >>> is_valid_box((0, 0, 10, 10)), is_valid_box((10, 0, 0, 10)), is_valid_box((0, 0, 0, 10))
+    (True, False, False)
+    """
+    if len(box) != 4 or not all(np.isfinite(v) for v in box):
+        return False
+    x1, y1, x2, y2 = box
+    return x1 < x2 and y1 < y2
+
+
+def clip_box(box: Sequence[float], lo: float = 0.0, hi: float = 1000.0) -> tuple[float, float, float, float]:
+    """Clamp every coordinate into the ``lo..hi`` frame (Qwen2-VL's 0-1000 by default).
+
+    >>> clip_box((-5, 10, 1200, 990))
+    (0.0, 10.0, 1000.0, 990.0)
+    """
+    x1, y1, x2, y2 = (float(min(hi, max(lo, v))) for v in box)
+    return x1, y1, x2, y2
+
+
+def box_giou(pred: Sequence[float], gt: Sequence[float]) -> float:
+    """Generalized IoU (Rezatofighi et al. 2019) of two valid boxes: IoU minus the share of their
+    enclosing box that neither covers; in ``[-1, 1]``, equal to IoU when one box encloses the
+    other's enclosing box (e.g. identical boxes), and < 0 for disjoint boxes (farther apart = lower).
+
+    >>> box_giou((0, 0, 10, 10), (0, 0, 10, 10))
+    1.0
+    >>> round(box_giou((0, 0, 10, 10), (20, 0, 30, 10)), 4)   # disjoint: enclosing box 30x10, union 200
+    -0.3333
+    """
+    px1, py1, px2, py2 = (float(v) for v in pred)
+    gx1, gy1, gx2, gy2 = (float(v) for v in gt)
+    area_p = (px2 - px1) * (py2 - py1)
+    area_g = (gx2 - gx1) * (gy2 - gy1)
+    inter = max(0.0, min(px2, gx2) - max(px1, gx1)) * max(0.0, min(py2, gy2) - max(py1, gy1))
+    union = area_p + area_g - inter
+    enclose = (max(px2, gx2) - min(px1, gx1)) * (max(py2, gy2) - min(py1, gy1))
+    if union <= 0 or enclose <= 0:
+        return -1.0
+    return inter / union - (enclose - union) / enclose

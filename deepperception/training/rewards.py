@@ -12,6 +12,14 @@ Pure functions with TRL's reward signature ``(completions, solution, **kwargs) -
   holds a ``(x1,y1),(x2,y2)`` box. In ``released`` mode that second half is tested as the released
   code does (``match_type == 1``), which can never be true because its ``get_bbox`` returns
   ``i + 2``; so the released format reward is at most 0.5.
+
+Beyond the released pair, the same contract (TRL signature, first ``<answer>`` block, the released
+box parser for both prediction and ground truth) carries dense variants that pay for *every*
+improvement instead of only past a threshold: :func:`continuous_iou_reward` (IoU),
+:func:`iou_squared_reward` (IoU², sharper near a perfect box) and :func:`giou_reward` (GIoU in
+[-1, 1]: still informative when prediction and target do not overlap at all). They score a
+prediction as given in the 0-1000 frame, clipped to it; a missing, unparsable, reversed or
+zero-area prediction gets the lowest reward (0, or -1 for GIoU).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from typing import Any, Callable, Literal, Sequence
 
 from pydantic import BaseModel, Field
 
-from deepperception.boxes import box_iou
+from deepperception.boxes import box_giou, box_iou, clip_box, is_valid_box
 from deepperception.eval.parsing import grpo_bbox, grpo_first_answer, grpo_format_match
 
 FormatMode = Literal["released", "intended"]
@@ -125,6 +133,94 @@ def format_reward(completions: Sequence[Any], solution: Sequence[str] | None = N
     [1.0, 0.0]
     """
     return [format_score(completion_text(c), mode) for c in completions]
+
+
+def predicted_box(text: str) -> tuple[float, float, float, float] | None:
+    """The box of the first ``<answer>`` block (the released parser's: its last hit, and a box whose
+    coordinates sum to < 4 read as 0-1 normalised), clipped to the 0-1000 frame, or ``None`` when
+    there is no answer, no parsable box, or the box is reversed or has no area.
+
+    >>> predicted_box("<think>t</think><answer>(10,20),(1200,300)</answer>")
+    (10.0, 20.0, 1000.0, 300.0)
+    >>> predicted_box("<answer>(50,50),(10,10)</answer>") is None, predicted_box("(1,2),(3,4)") is None
+    (True, True)
+    """
+    answer = grpo_first_answer(text)
+    if answer is None:
+        return None
+    box, match_type = grpo_bbox(answer)
+    if match_type == 0:
+        return None
+    box = clip_box(box)
+    return box if is_valid_box(box) else None
+
+
+def _target_box(solution: str) -> tuple[float, float, float, float] | None:
+    box, match_type = grpo_bbox(solution)
+    return tuple(float(v) for v in box) if match_type and is_valid_box(box) else None  # type: ignore[return-value]
+
+
+def continuous_iou_score(text: str, solution: str) -> float:
+    """IoU of the answer's box with the target's, no threshold; 0 without a usable box.
+
+    >>> sol = "<|box_start|>(0,0),(100,100)<|box_end|>"
+    >>> round(continuous_iou_score("<answer>(0,0),(100,50)</answer>", sol), 6), continuous_iou_score("x", sol)
+    (0.5, 0.0)
+    """
+    pred, gt = predicted_box(text), _target_box(solution)
+    if pred is None or gt is None:
+        return 0.0
+    iou = box_iou(pred, gt)
+    return 0.0 if math.isnan(iou) else max(0.0, min(1.0, float(iou)))
+
+
+def iou_squared_score(text: str, solution: str) -> float:
+    """:func:`continuous_iou_score` squared.
+
+    >>> round(iou_squared_score("<answer>(0,0),(100,50)</answer>", "<|box_start|>(0,0),(100,100)<|box_end|>"), 6)
+    0.25
+    """
+    return continuous_iou_score(text, solution) ** 2
+
+
+def giou_score(text: str, solution: str) -> float:
+    """GIoU of the answer's box with the target's; -1 without a usable box.
+
+    >>> sol = "<|box_start|>(0,0),(100,100)<|box_end|>"
+    >>> giou_score("<answer>(0,0),(100,100)</answer>", sol), giou_score("<answer>none</answer>", sol)
+    (1.0, -1.0)
+    """
+    pred, gt = predicted_box(text), _target_box(solution)
+    if pred is None or gt is None:
+        return -1.0
+    return max(-1.0, min(1.0, box_giou(pred, gt)))
+
+
+def continuous_iou_reward(completions: Sequence[Any], solution: Sequence[str], **kwargs: Any) -> list[float]:
+    """TRL reward: :func:`continuous_iou_score` per completion.
+
+    >>> continuous_iou_reward(["<answer>(0,0),(10,10)</answer>"], ["<|box_start|>(0,0),(10,10)<|box_end|>"])
+    [1.0]
+    """
+    return [continuous_iou_score(completion_text(c), s) for c, s in zip(completions, solution, strict=True)]
+
+
+def iou_squared_reward(completions: Sequence[Any], solution: Sequence[str], **kwargs: Any) -> list[float]:
+    """TRL reward: :func:`iou_squared_score` per completion.
+
+    >>> iou_squared_reward(["nothing"], ["<|box_start|>(0,0),(10,10)<|box_end|>"])
+    [0.0]
+    """
+    return [iou_squared_score(completion_text(c), s) for c, s in zip(completions, solution, strict=True)]
+
+
+def giou_reward(completions: Sequence[Any], solution: Sequence[str], **kwargs: Any) -> list[float]:
+    """TRL reward: :func:`giou_score` per completion.
+
+    >>> giou_reward(["<answer>(0,0),(10,10)</answer>"], ["<|box_start|>(0,0),(10,10)<|box_end|>"])
+    [1.0]
+    """
+    return [giou_score(completion_text(c), s) for c, s in zip(completions, solution, strict=True)]
 
 
 def make_reward_funcs(cfg: RewardConfig | None = None) -> list[Callable[..., list[float]]]:
