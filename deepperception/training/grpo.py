@@ -39,7 +39,7 @@ from deepperception.training.common import (
     DEFAULT_ZERO3, resolve_deepspeed, train_dtype,
     Timer, TrainResult, remove_if_empty, loss_metrics, write_stage_json,
 )
-from deepperception.training.rewards import FormatMode, RewardConfig, make_reward_funcs
+from deepperception.training.rewards import FormatMode, IoUKind, RewardConfig, make_reward_funcs
 
 GRPO_COLUMNS = ("question_id", "image", "problem", "solution")
 
@@ -66,6 +66,8 @@ class GRPOStageConfig(BaseModel):
     scale_rewards: str = Field("group", description="Advantage std normalisation ('group' = official).")
     iou_threshold: float = Field(0.8, ge=0, le=1, description="IoU reward pays IoU only when > threshold (released 0.8).")
     format_mode: FormatMode = Field("released", description="'released' (max 0.5) or 'intended' (+0.5 for a Qwen box).")
+    iou_kind: IoUKind = Field("released", description="Box reward: 'released' (IoU past iou_threshold, the official "
+                              "one), or the dense 'continuous' (IoU), 'squared' (IoU^2), 'giou' (GIoU).")
     use_vllm: bool = Field(False, description="vLLM rollouts (GPU only; the official run used HF generate).")
     bf16: bool = Field(True, description="bf16 (official true). False on CPU.")
     use_cpu: bool = Field(False, description="Force CPU training (CI/demo).")
@@ -95,7 +97,7 @@ class GRPOStageConfig(BaseModel):
 
     @property
     def reward(self) -> RewardConfig:
-        return RewardConfig(iou_threshold=self.iou_threshold, format_mode=self.format_mode)
+        return RewardConfig(iou_threshold=self.iou_threshold, format_mode=self.format_mode, iou_kind=self.iou_kind)
 
     @classmethod
     def profile(cls, name: Literal["paper", "cpu_tiny"], **overrides: Any) -> "GRPOStageConfig":

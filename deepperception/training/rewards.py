@@ -34,6 +34,7 @@ from deepperception.boxes import box_giou, box_iou, clip_box, is_valid_box
 from deepperception.eval.parsing import grpo_bbox, grpo_first_answer, grpo_format_match
 
 FormatMode = Literal["released", "intended"]
+IoUKind = Literal["released", "continuous", "squared", "giou"]
 
 
 class RewardConfig(BaseModel):
@@ -45,6 +46,9 @@ class RewardConfig(BaseModel):
     format_mode: FormatMode = Field("released", description=(
         "'released': structure half only (max 0.5, the box half is dead code); 'intended': +0.5 "
         "when the answer holds a (x1,y1),(x2,y2) box."))
+    iou_kind: IoUKind = Field("released", description=(
+        "Which box reward goes beside the format reward: 'released' (IoU past iou_threshold, else 0), "
+        "'continuous' (IoU), 'squared' (IoU^2) or 'giou' (GIoU in [-1, 1])."))
 
 
 def completion_text(completion: Any) -> str:
@@ -223,16 +227,26 @@ def giou_reward(completions: Sequence[Any], solution: Sequence[str], **kwargs: A
     return [giou_score(completion_text(c), s) for c, s in zip(completions, solution, strict=True)]
 
 
+DENSE_IOU_REWARDS: dict[str, Callable[..., list[float]]] = {
+    "continuous": continuous_iou_reward, "squared": iou_squared_reward, "giou": giou_reward}
+"""``RewardConfig.iou_kind`` -> its reward function (module-level, so picklable and named for TRL's logs)."""
+
+
 def make_reward_funcs(cfg: RewardConfig | None = None) -> list[Callable[..., list[float]]]:
     """``[iou_reward, format_reward]`` bound to ``cfg``, named as TRL logs them
     (``rewards/iou_reward/mean``, ``rewards/format_reward/mean``).
 
     >>> [f.__name__ for f in make_reward_funcs()]
     ['iou_reward', 'format_reward']
+    >>> [f.__name__ for f in make_reward_funcs(RewardConfig(iou_kind="giou"))]
+    ['giou_reward', 'format_reward']
     """
     cfg = cfg or RewardConfig()
-    iou = partial(iou_reward, threshold=cfg.iou_threshold)
-    iou.__name__ = "iou_reward"  # type: ignore[attr-defined]
+    if cfg.iou_kind == "released":
+        iou = partial(iou_reward, threshold=cfg.iou_threshold)
+        iou.__name__ = "iou_reward"  # type: ignore[attr-defined]
+    else:
+        iou = DENSE_IOU_REWARDS[cfg.iou_kind]
     fmt = partial(format_reward, mode=cfg.format_mode)
     fmt.__name__ = "format_reward"  # type: ignore[attr-defined]
     return [iou, fmt]

@@ -19,6 +19,7 @@ from deepperception.training.rewards import (
     iou_reward,
     iou_squared_reward,
     iou_squared_score,
+    make_reward_funcs,
     predicted_box,
 )
 
@@ -147,3 +148,18 @@ class TestGIoUReward:
 
     def test_reversed_prediction_scores_minus_one(self):
         assert giou_score(answer((50, 0, 10, 40)), solution((10, 0, 50, 40))) == -1.0
+
+
+class TestRewardSelection:
+    @pytest.mark.parametrize("kind,name,want", [("released", "iou_reward", 0.0), ("continuous", "continuous_iou_reward", 0.5),
+                                                ("squared", "iou_squared_reward", 0.25), ("giou", "giou_reward", 0.5)])
+    def test_grpo_config_picks_the_box_reward_and_it_pickles(self, kind, name, want):
+        import pickle
+
+        from deepperception.training.grpo import GRPOStageConfig
+
+        iou, fmt = make_reward_funcs(GRPOStageConfig.profile("cpu_tiny", iou_kind=kind).reward)
+        assert (iou.__name__, fmt.__name__) == (name, "format_reward")
+        half = answer((0, 0, 100, 50))
+        assert iou([half], [solution((0, 0, 100, 100))]) == pytest.approx([want], abs=1e-6)
+        assert pickle.loads(pickle.dumps(iou))([half], [solution((0, 0, 100, 100))]) == iou([half], [solution((0, 0, 100, 100))])
