@@ -32,7 +32,9 @@ from deepperception.engine.labeling import LabelConfig
 from deepperception.engine.shard_runner import ShardRunnerConfig
 from deepperception.serving.endpoint import EndpointConfig
 from deepperception.sources.collect import SourceSpec
+from deepperception.comparison import ComparisonConfig
 from deepperception.training.grpo import GRPOStageConfig
+from deepperception.training.rl_filter import RLFilterConfig
 from deepperception.training.launch import LaunchConfig
 from deepperception.training.sft import SFTStageConfig
 
@@ -176,30 +178,6 @@ class BaseModelConfig(_Strict):
         return self
 
 
-class RLFilterConfig(_Strict):
-    """Stage-2 data filtering (paper §3.3): the stage-1 model samples ``n_samples`` answers per
-    item; items it gets right ``keep_min..keep_max`` times are kept."""
-
-    n_samples: int = Field(4, ge=1)
-    keep_min: int = Field(1, ge=0)
-    keep_max: int = Field(3, ge=0)
-    temperature: float = Field(1.0, gt=0)
-    max_new_tokens: int = Field(512, ge=1)
-    batch_size: int = Field(8, ge=1)
-    device: str = Field("cpu", description="Where the stage-1 model samples (cuda on GPU workers).")
-    on_empty: Literal["error", "keep_all"] = Field(
-        "error", description="What to do when no item survives: fail, or keep every item (recorded in the manifest)."
-    )
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _check_range(self) -> "RLFilterConfig":
-        if not self.keep_min <= self.keep_max <= self.n_samples:
-            raise ValueError(
-                f"rl_filter needs keep_min ({self.keep_min}) <= keep_max ({self.keep_max}) <= n_samples ({self.n_samples})")
-        return self
-
-
 class EvalStageConfig(_Strict):
     backend: Literal["hf", "vllm"] = "hf"
     batch_size: int = Field(16, ge=1)
@@ -227,6 +205,7 @@ class ReproductionConfig(_Strict):
     rl_filter: RLFilterConfig = Field(default_factory=RLFilterConfig)
     grpo: GRPOStageConfig = Field(default_factory=lambda: GRPOStageConfig.profile("cpu_tiny"))
     evaluation: EvalStageConfig = Field(default_factory=EvalStageConfig)
+    comparison: ComparisonConfig = Field(default_factory=ComparisonConfig)
     sharding: ShardingConfig = Field(default_factory=ShardingConfig)
     runner: ShardRunnerConfig = Field(
         default_factory=ShardRunnerConfig,
@@ -236,6 +215,16 @@ class ReproductionConfig(_Strict):
         default_factory=LaunchConfig,
         description="How training processes start (in process on CPU; accelerate + ZeRO-3 on GPU workers). "
         "Not part of any artifact version: it changes where training runs, not what it computes.")
+
+    @model_validator(mode="after")
+    def _rl_filter_samples_as_grpo(self) -> "ReproductionConfig":
+        # The RL filter decides which items carry GRPO signal, so by default it samples exactly as
+        # GRPO's rollouts will (recipe parity: official-code.md §4.1 step 5 with §4.4's sampling).
+        fill = {k: getattr(self.grpo, k) for k in ("temperature", "top_k", "top_p")
+                if getattr(self.rl_filter, k) is None}
+        if fill:
+            self.rl_filter = self.rl_filter.model_copy(update=fill)
+        return self
 
     @model_validator(mode="after")
     def _check_launch(self) -> "ReproductionConfig":
@@ -426,6 +415,32 @@ def _parse_overrides(path: Path) -> dict[str, Any]:
         raise ConfigFileError(f"config file {path}: the top level must be a mapping of settings "
                               f"(e.g. `sft: {{max_steps: 4}}`), got a {type(overrides).__name__}", path=str(path))
     return overrides
+
+
+def load_profile(name: str = "demo", overrides: dict[str, Any] | None = None, *,
+                 source: str = "overrides") -> ReproductionConfig:
+    """The named profile with ``overrides`` (a nested mapping, e.g. ``{"grpo": {"beta": 0.02}}``)
+    deep-merged onto it, validated in full. ``source`` names where the overrides came from in
+    errors (a file path, "--set", "the flow's overrides parameter").
+
+    >>> load_profile("paper", {"grpo": {"beta": 0.02}}).grpo.beta
+    0.02
+    """
+    if name not in ("toy", "demo", "paper"):
+        raise ConfigFileError(f"unknown profile {name!r}; expected toy, demo or paper")
+    cfg = profile(name)  # type: ignore[arg-type]
+    if not overrides:
+        return cfg
+    if not isinstance(overrides, dict):
+        raise ConfigFileError(f"{source}: must be a mapping of settings (e.g. {{'sft': {{'max_steps': 4}}}}), "
+                              f"got a {type(overrides).__name__}")
+    merged = _deep_merge(cfg.model_dump(mode="json"), overrides)
+    try:
+        return ReproductionConfig.model_validate(merged)
+    except ValidationError as exc:
+        lines = validation_lines(exc)
+        raise ConfigFileError(f"{source} (profile {name}): {len(lines)} invalid setting(s)\n"
+                              + "\n".join(f"  {line}" for line in lines), fields=lines) from exc
 
 
 def load_config(profile_name: str = "demo", override_file: str | None = None) -> ReproductionConfig:

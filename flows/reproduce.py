@@ -13,7 +13,7 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
-from deepperception.config import ReproductionConfig, profile
+from deepperception.config import ReproductionConfig, load_profile
 from flows import stages
 from flows.dispatch import run_stage_deployment
 
@@ -41,20 +41,24 @@ def _gpu_stage(stage_flow, dispatch: str, **params):
 
 @flow(name="reproduce", log_prints=True)
 def reproduce(
-    config: ReproductionConfig | None = None,
-    profile_name: Literal["toy", "demo", "paper"] = "demo",
+    profile: str = "demo",
+    overrides: dict | None = None,
     store_uri: str | None = None,
     force_stages: list[Stage] | None = None,
     dispatch: Literal["inline", "deployments"] = "inline",
+    config: ReproductionConfig | None = None,
 ) -> dict:
-    """Run every stage in order (``config``, or the named profile when no config is given); each reuses its committed version when nothing it depends on
+    """Run every stage in order; each reuses its committed version when nothing it depends on
     changed, so a rerun after editing one stage's config recomputes only that stage and below.
+
+    The settings are the ``profile`` with ``overrides`` (a nested mapping such as
+    ``{"grpo": {"beta": 0.02}}``) deep-merged onto it, or a whole validated ``config``.
 
     ``force_stages`` recomputes the named stages even if unchanged (and hence their dependants).
     ``dispatch="deployments"`` sends SFT, RL filtering, GRPO and evaluation to their deployments
     on the `gpu` work pool (prefect.yaml) instead of running them in this process.
     """
-    cfg = config or profile(profile_name)
+    cfg = config or load_profile(profile, overrides, source="the overrides parameter")
     force = set(force_stages or [])
     unknown = force - set(STAGES)
     if unknown:

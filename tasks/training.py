@@ -12,7 +12,8 @@ from pathlib import Path
 
 from prefect import task
 
-from deepperception.config import BaseModelConfig, RLFilterConfig
+from deepperception.config import BaseModelConfig
+from deepperception.training.rl_filter import RLFilterConfig
 from deepperception.engine.shard_runner import ShardRunnerConfig
 from deepperception.engine.sharding import merged_metadata
 from deepperception.errors import ArtifactError
@@ -140,7 +141,7 @@ def rl_filter_task(
                     tw.write(kept)
         stats = rlf.filter_stats(
             n_in, tw.rows, histogram, policy, on_empty=config.on_empty, n_samples=config.n_samples,
-            keep_min=config.keep_min, keep_max=config.keep_max, temperature=config.temperature, top_k=0, top_p=1.0,
+            keep_min=config.keep_min, keep_max=config.keep_max, **config.sampling(),
             max_new_tokens=config.max_new_tokens, seed=config.seed, ckpt_dir=ckpt)
         if policy != "filter":
             logger.warning("rl-filter: no item had %d-%d of %d correct; policy %s kept all %d items",

@@ -36,6 +36,8 @@ from deepperception.tables import require_columns
 from deepperception.errors import ArtifactError, ConfigError, InputDataError, PipelineError
 from deepperception.eval.parsing import official_bbox
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 if TYPE_CHECKING:  # pragma: no cover
     from deepperception.engine.sharding import ShardJob
 
@@ -47,6 +49,53 @@ SHARD_UNIT = "rl-score"
 """Shard unit of the RL filter stage (``_shards/rl-score/`` of the grpo-dataset version)."""
 SCORED_TABLE = "scored"
 """Every pool row with ``n_correct`` and ``sample_ious``, one part per shard (kept rows go to ``data``)."""
+
+
+class RLFilterConfig(BaseModel):
+    """Stage-2 data filtering (paper §3.3): the stage-1 model samples ``n_samples`` answers per
+    item; items it gets right ``keep_min..keep_max`` times are kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_samples: int = Field(4, ge=1)
+    keep_min: int = Field(1, ge=0)
+    keep_max: int = Field(3, ge=0)
+    temperature: float | None = Field(
+        None, gt=0, description="Sampling temperature. None: GRPO's rollout temperature (filled in by the "
+        "reproduction config, so the filter samples as GRPO will).")
+    top_k: int | None = Field(None, ge=0, description="Sampling top-k (0 = off). None: GRPO's rollout top_k.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Sampling top-p. None: GRPO's rollout top_p.")
+    correct: Literal["eval", "reward"] = Field(
+        "eval", description="What counts as a correct sample: eval = the lenient KVG-Bench rule (IoU >= 0.5 over "
+        "the whole output, as the paper says); reward = GRPO's own box reward > 0 (so kept items are exactly "
+        "those whose GRPO groups have non-zero advantage).")
+    max_new_tokens: int = Field(512, ge=1)
+    batch_size: int = Field(8, ge=1)
+    device: str = Field("cpu", description="Where the stage-1 model samples (cuda on GPU workers).")
+    on_empty: Literal["error", "keep_all"] = Field(
+        "error", description="What to do when no item survives: fail, or keep every item (recorded in the manifest)."
+    )
+    seed: int = 0
+
+    def sampling(self) -> dict[str, Any]:
+        """``temperature`` / ``top_k`` / ``top_p`` to sample with; an unset one takes GRPO's default
+        (a reproduction config fills them from its ``grpo`` section first).
+
+        >>> RLFilterConfig(top_k=5).sampling()
+        {'temperature': 1.0, 'top_k': 5, 'top_p': 1.0}
+        """
+        from deepperception.training.grpo import GRPOStageConfig
+
+        fields = GRPOStageConfig.model_fields
+        return {k: v if (v := getattr(self, k)) is not None else fields[k].default
+                for k in ("temperature", "top_k", "top_p")}
+
+    @model_validator(mode="after")
+    def _check_range(self) -> "RLFilterConfig":
+        if not self.keep_min <= self.keep_max <= self.n_samples:
+            raise ValueError(
+                f"rl_filter needs keep_min ({self.keep_min}) <= keep_max ({self.keep_max}) <= n_samples ({self.n_samples})")
+        return self
 
 
 class RLFilterEmptyError(PipelineError):
@@ -357,7 +406,6 @@ def shard_checkpoint(store, spec: dict[str, Any]) -> Path:
 def rl_score_shard(job: "ShardJob") -> Any:
     """Score part ``spec["part"]`` of the GRPO pool (spec: pool, part, checkpoint, ckpt_dir, rl_filter,
     seed) and commit every row, annotated, as the shard's ``scored`` table with its count histogram."""
-    from deepperception.config import RLFilterConfig
     from deepperception.store import ArtifactRef
 
     store = job.open_store()
@@ -365,7 +413,7 @@ def rl_score_shard(job: "ShardJob") -> Any:
     part = job.spec["part"]
     table = store.read_part(ArtifactRef.parse(job.spec["pool"]), part)
     scored = score(table, shard_checkpoint(store, job.spec) if table.num_rows else None, cfg.n_samples,
-                   temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=job.spec["seed"],
+                   **cfg.sampling(), max_new_tokens=cfg.max_new_tokens, seed=job.spec["seed"],
                    batch_size=cfg.batch_size, device=cfg.device, sampler=sample_cached, allow_empty=True)
     meta = {"count_histogram": {str(k): v for k, v in count_histogram(scored.column("n_correct").to_pylist()).items()},
             "rows_in": table.num_rows, "part": part, "seed": job.spec["seed"]}

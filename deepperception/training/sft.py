@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from deepperception.errors import ConfigError, InputDataError
 from deepperception.images import decode_image
 from deepperception.tables import require_columns
+from deepperception.training.targets import SFTTarget, apply_target
 from deepperception.training.common import (
     DEFAULT_ZERO3, resolve_deepspeed, train_dtype,
     Timer, TrainResult, remove_if_empty, freeze_vision, loss_metrics, write_stage_json,
@@ -59,6 +60,8 @@ class SFTStageConfig(BaseModel):
     logging_steps: int = Field(1, ge=1, description="Log every N steps (loss curve in metrics).")
     dataloader_num_workers: int = Field(0, ge=0, description="0 on CPU.")
     report_to: str = Field("none", description="'none', 'wandb', 'tensorboard', ...")
+    target: SFTTarget = Field("cot", description="cot: reasoning then answer (CoT-SFT); direct: the answer alone, "
+                              "the paper's direct fine-tuning ablation on the same rows.")
 
     @classmethod
     def profile(cls, name: Literal["paper", "cpu_tiny"], **overrides: Any) -> "SFTStageConfig":
@@ -82,7 +85,7 @@ class SFTStageConfig(BaseModel):
         return cls(**base)
 
 
-def _dataset(rows, stage: str = "sft"):
+def _dataset(rows, stage: str = "sft", target: SFTTarget = "cot"):
     from datasets import Dataset
 
     require_columns(rows, SFT_COLUMNS, stage=stage, allow_empty=False)
@@ -101,7 +104,7 @@ def _dataset(rows, stage: str = "sft"):
                                  field="images")
         if not msgs or msgs[-1].get("role") != "assistant":
             raise InputDataError("last message must be the assistant's answer", stage=stage, row=qid, field="messages")
-        messages.append(msgs)
+        messages.append(apply_target(msgs, target, row=qid))
         images.append(imgs)
     return Dataset.from_dict({"messages": messages, "images": images})
 
@@ -120,7 +123,7 @@ def train_sft(rows, base_ckpt_dir: str | Path, out_dir: str | Path, cfg: SFTStag
     cfg = cfg or SFTStageConfig.profile("paper")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ds = _dataset(rows)
+    ds = _dataset(rows, target=cfg.target)
     processor = set_pixel_limits(load_processor(base_ckpt_dir), cfg.image_min_pixels, cfg.image_max_pixels)
     # Arguments before the model: with a DeepSpeed ZeRO-3 config this makes from_pretrained load
     # the weights already partitioned across ranks instead of whole in every process.

@@ -282,11 +282,13 @@ class TestErrorDetailsAndSampling:
     def test_decoding_defaults_match_the_config(self):
         params = inspect.signature(rl_filter).parameters
         cfg = RLFilterConfig()
-        for name in ("temperature", "max_new_tokens", "batch_size", "device", "seed"):
+        for name in ("max_new_tokens", "batch_size", "device", "seed"):
             assert params[name].default == getattr(cfg, name), name
-        assert (cfg.temperature, cfg.max_new_tokens, cfg.batch_size, cfg.device, cfg.seed) == (1.0, 512, 8, "cpu", 0)
-        # plain sampling: no top-k / top-p truncation unless asked for
+        assert params["temperature"].default == cfg.sampling()["temperature"] == 1.0
+        assert (cfg.max_new_tokens, cfg.batch_size, cfg.device, cfg.seed) == (512, 8, "cpu", 0)
+        # the library function samples plainly unless asked; the stage config samples as GRPO does
         assert (params["top_k"].default, params["top_p"].default) == (0, 1.0)
+        assert cfg.sampling() == {"temperature": 1.0, "top_k": 50, "top_p": 1.0}
 
     def test_sampler_gets_the_table_checkpoint_and_every_decoding_setting(self, monkeypatch):
         from deepperception.eval import inference

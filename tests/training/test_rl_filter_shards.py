@@ -113,7 +113,7 @@ def test_keep_rule_and_policy_apply_over_all_shards(tmp_path, monkeypatch):
 
     # Exactly what the one-piece filter gives, stats keys and values included.
     ckpt_dir = store.manifest(ckpt).metadata["external_path"]
-    want, want_stats = rlf.rl_filter(table, ckpt_dir, samples=answers, on_empty="error")
+    want, want_stats = rlf.rl_filter(table, ckpt_dir, samples=answers, on_empty="error", **cfg.sampling())
     assert kept.equals(want)
     meta = store.manifest(out).metadata
     assert meta["stats"] == json.loads(json.dumps(want_stats))
@@ -184,7 +184,7 @@ def test_each_shard_samples_with_the_seed_of_its_first_batch(tmp_path, monkeypat
     assert seeds == [("q0", 3), ("q2", 5), ("q4", 7)]  # batch b of the pool runs under seed + b
     _, kw = fake.calls[0]
     assert {k: kw[k] for k in ("n", "temperature", "max_new_tokens", "batch_size", "top_k", "top_p", "device")} == {
-        "n": 4, "temperature": 0.7, "max_new_tokens": 32, "batch_size": 1, "top_k": 0, "top_p": 1.0, "device": "cpu"}
+        "n": 4, "temperature": 0.7, "max_new_tokens": 32, "batch_size": 1, "top_k": 50, "top_p": 1.0, "device": "cpu"}  # unset top_k/top_p: GRPO's
 
 
 def test_a_bad_row_names_itself_and_commits_nothing(tmp_path, monkeypatch):
