@@ -22,7 +22,7 @@ from deepperception.store import ArtifactStore, StoreSettings
 from deepperception.store.shards import SHARDS
 from deepperception.training import rl_filter as rlf
 from tasks.common import register_external_checkpoint
-from tasks.training import rl_filter_task
+from tasks.rl_filter import rl_filter_task
 
 GT = "<answer> <|object_ref_start|>X<|object_ref_end|><|box_start|>(0,0),(100,100)<|box_end|> </answer>"
 RIGHT = "<answer>(0,0),(100,100)</answer>"
