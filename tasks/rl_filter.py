@@ -60,7 +60,10 @@ def rl_filter_task(
         stats = rlf.filter_stats(
             n_in, tw.rows, histogram, policy, on_empty=config.on_empty, n_samples=config.n_samples,
             keep_min=config.keep_min, keep_max=config.keep_max, **config.sampling(),
-            max_new_tokens=config.max_new_tokens, seed=config.seed, ckpt_dir=ckpt)
+            max_new_tokens=config.max_new_tokens, seed=config.seed, ckpt_dir=ckpt,
+            tally=merged_metadata(records, "advantage_tally") or {}, correct=config.correct,
+            reward=config.reward_config())
+        logger.info("rl-filter: %s", rlf.describe_zero_advantage(stats))
         if policy != "filter":
             logger.warning("rl-filter: no item had %d-%d of %d correct; policy %s kept all %d items",
                            config.keep_min, config.keep_max, config.n_samples, policy, tw.rows)

@@ -1,10 +1,24 @@
 """RL data filtering between the stages (paper §data engine step 5, official-code.md §4.1).
 
-The stage-1 model answers each GRPO item ``n_samples`` times (sampled); an answer is *correct* when
-the official KVG-Bench parser (:func:`~deepperception.eval.parsing.official_bbox`, run over the
-whole output) gives a box with IoU >= 0.5 against the GT box in ``solution``. Items answered
-correctly ``keep_min..keep_max`` times are kept (paper: 1-3 of 4; always-right and never-right items
-carry no GRPO signal, since every group advantage would be 0).
+The stage-1 model answers each GRPO item ``n_samples`` times (sampled). What makes an answer
+*correct* is a setting (``RLFilterConfig.correct``):
+
+* ``"eval"`` (default, as the paper says): the official KVG-Bench parser
+  (:func:`~deepperception.eval.parsing.official_bbox`, run over the whole output) gives a box with
+  IoU >= 0.5 against the GT box in ``solution``.
+* ``"reward"``: GRPO's own box reward (:func:`~deepperception.training.rewards.make_reward_funcs`
+  on the run's :class:`~deepperception.training.rewards.RewardConfig`; released: IoU of the first
+  ``<answer>`` past 0.8) is > 0.
+
+Items answered correctly ``keep_min..keep_max`` times are kept (paper: 1-3 of 4; always-right and
+never-right items carry no GRPO signal, since every group advantage would be 0).
+
+The two rules disagree (an answer at IoU 0.6 is correct for ``eval`` but earns no box reward at
+threshold 0.8), so every run measures what each buys: the ``n_samples`` answers of an item are
+scored with GRPO's *full* reward (box + format) as one group of G = ``n_samples``, and a group
+whose rewards all agree (std 0, TRL's ``frac_reward_zero_std``) gives GRPO no gradient. The stats
+(:func:`zero_advantage_stats`) give that fraction for the whole pool and for the items each rule
+would keep.
 
 ``on_empty`` is the explicit, recorded policy for when nothing survives (the tiny random-weight model
 is never correct): ``"error"`` raises :class:`RLFilterEmptyError`; ``"keep_all"`` returns every item
@@ -35,6 +49,7 @@ from deepperception.boxes import box_iou, parse_gt_box
 from deepperception.tables import require_columns
 from deepperception.errors import ArtifactError, ConfigError, InputDataError, PipelineError
 from deepperception.eval.parsing import official_bbox
+from deepperception.training.rewards import RewardConfig, make_reward_funcs
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -44,6 +59,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 OnEmpty = Literal["error", "keep_all"]
+CorrectRule = Literal["eval", "reward"]
+RULES: tuple[str, ...] = ("eval", "reward")
 CORRECT_IOU = 0.5
 SHARD_UNIT = "rl-score"
 """Shard unit of the RL filter stage (``_shards/rl-score/`` of the grpo-dataset version)."""
@@ -69,6 +86,9 @@ class RLFilterConfig(BaseModel):
         "eval", description="What counts as a correct sample: eval = the lenient KVG-Bench rule (IoU >= 0.5 over "
         "the whole output, as the paper says); reward = GRPO's own box reward > 0 (so kept items are exactly "
         "those whose GRPO groups have non-zero advantage).")
+    reward: RewardConfig | None = Field(
+        None, description="GRPO's reward settings (iou_kind, iou_threshold, format_mode) for correct='reward' and "
+        "the zero-advantage stats. None: the released defaults (a reproduction config fills it from grpo).")
     max_new_tokens: int = Field(512, ge=1)
     batch_size: int = Field(8, ge=1)
     device: str = Field("cpu", description="Where the stage-1 model samples (cuda on GPU workers).")
@@ -89,6 +109,14 @@ class RLFilterConfig(BaseModel):
         fields = GRPOStageConfig.model_fields
         return {k: v if (v := getattr(self, k)) is not None else fields[k].default
                 for k in ("temperature", "top_k", "top_p")}
+
+    def reward_config(self) -> RewardConfig:
+        """The reward the filter scores with: ``reward``, or the released defaults when unset.
+
+        >>> RLFilterConfig().reward_config().iou_threshold
+        0.8
+        """
+        return self.reward or RewardConfig()
 
     @model_validator(mode="after")
     def _check_range(self) -> "RLFilterConfig":
@@ -123,6 +151,36 @@ def count_correct(samples: list[str], gt, threshold: float = CORRECT_IOU) -> tup
     """
     ious = [answer_iou(s, gt) for s in samples]
     return sum(i >= threshold for i in ious), ious
+
+
+def grpo_rewards(samples: list[str], solution: str, reward: RewardConfig | None = None) -> tuple[list[float], list[float]]:
+    """``(box rewards, full rewards)`` GRPO gives ``samples`` for ``solution``: the box reward of
+    :func:`~deepperception.training.rewards.make_reward_funcs` and its sum with the format reward
+    (TRL sums the reward functions, weight 1 each).
+
+    >>> sol = "<|box_start|>(0,0),(100,100)<|box_end|>"
+    >>> grpo_rewards(["<think>t</think><answer>(0,0),(100,100)</answer>", "<answer>(0,0),(100,60)</answer>"], sol)
+    ([1.0, 0.0], [1.5, 0.0])
+    """
+    box_fn, fmt_fn = make_reward_funcs(reward)
+    sols = [solution] * len(samples)
+    box = [float(v) for v in box_fn(samples, sols)]
+    return box, [b + float(f) for b, f in zip(box, fmt_fn(samples, sols))]
+
+
+def zero_std(rewards: list[float]) -> bool | None:
+    """Whether a group's rewards have zero std, as TRL tests it (``isclose(std, 0)`` on the float32
+    rewards, unbiased std): such a group has advantage 0 for every sample, so no gradient. ``None``
+    for a group of one (GRPO needs G >= 2).
+
+    >>> zero_std([0.5, 0.5, 0.5]), zero_std([0.5, 1.5]), zero_std([1.0])
+    (True, False, None)
+    """
+    import numpy as np
+
+    if len(rewards) < 2:
+        return None
+    return bool(np.isclose(np.std(np.asarray(rewards, np.float32), ddof=1), 0.0, rtol=1e-5, atol=1e-8))
 
 
 
@@ -161,8 +219,14 @@ def score(
     samples: dict[str, list[str]] | None = None,
     sampler: Sampler | None = None,
     allow_empty: bool = False,
+    correct: CorrectRule = "eval",
+    reward: RewardConfig | None = None,
 ):
-    """Every input row (input order) with ``n_correct`` (int32) and ``sample_ious`` (list<float32>).
+    """Every input row (input order) with ``n_correct`` (int32, under the ``correct`` rule) and
+    ``sample_ious`` (list<float32>, the eval IoUs), and, for the comparison of the two rules,
+    ``n_correct_eval`` / ``n_correct_reward`` (int32), ``sample_rewards`` (list<float32>: GRPO's
+    full reward per sample under ``reward``, released defaults when None) and ``zero_std`` (bool,
+    null for one sample: the samples as one GRPO group give no gradient).
 
     ``samples`` (qid -> answers) skips sampling; otherwise ``sampler`` (default
     :func:`deepperception.eval.inference.sample_answers`) samples ``ckpt_dir``. GT boxes are checked
@@ -170,6 +234,8 @@ def score(
     """
     import pyarrow as pa
 
+    if correct not in RULES:
+        raise ConfigError(f"correct must be one of {list(RULES)}, got {correct!r}")
     table = grpo_rows if isinstance(grpo_rows, pa.Table) else pa.Table.from_pylist(list(grpo_rows))
     # No item in, nothing to keep: say so instead of committing an empty GRPO dataset.
     require_columns(table, ("question_id", "solution"), stage="rl_filter", allow_empty=allow_empty)
@@ -190,17 +256,98 @@ def score(
             sampler = inference.sample_answers
         samples = sampler(table, ckpt_dir, n=n_samples, temperature=temperature, max_new_tokens=max_new_tokens,
                           seed=seed, batch_size=batch_size, top_k=top_k, top_p=top_p, device=device)
-    counts, ious_all = [], []
-    for q, gt in zip(qids, gts):
+    cols: dict[str, list] = {"n_correct_eval": [], "n_correct_reward": [], "sample_ious": [], "sample_rewards": [],
+                             "zero_std": []}
+    for q, gt, sol in zip(qids, gts, sols):
         got = (samples or {}).get(q)
         if got is None or len(got) != n_samples:
             raise InputDataError(f"expected {n_samples} samples, got {0 if got is None else len(got)}",
                                  stage="rl_filter", row=q)
         c, ious = count_correct(got, gt)
-        counts.append(c)
-        ious_all.append(ious)
-    return table.append_column("n_correct", pa.array(counts, pa.int32())).append_column(
-        "sample_ious", pa.array(ious_all, pa.list_(pa.float32())))
+        box, full = grpo_rewards(list(got), sol, reward)
+        cols["n_correct_eval"].append(c)
+        cols["n_correct_reward"].append(sum(b > 0 for b in box))
+        cols["sample_ious"].append(ious)
+        cols["sample_rewards"].append(full)
+        cols["zero_std"].append(zero_std(full))
+    out = table.append_column("n_correct", pa.array(cols[f"n_correct_{correct}"], pa.int32()))
+    out = out.append_column("sample_ious", pa.array(cols["sample_ious"], pa.list_(pa.float32())))
+    for name in ("n_correct_eval", "n_correct_reward"):
+        out = out.append_column(name, pa.array(cols[name], pa.int32()))
+    out = out.append_column("sample_rewards", pa.array(cols["sample_rewards"], pa.list_(pa.float32())))
+    return out.append_column("zero_std", pa.array(cols["zero_std"], pa.bool_()))
+
+
+def advantage_tally(scored) -> dict[str, int]:
+    """``{"<n_correct_eval>,<n_correct_reward>,<zero_std 1|0|na>": items}`` of a scored table: all
+    :func:`zero_advantage_stats` needs, small enough for shard metadata, and summed over shards by
+    :func:`~deepperception.engine.sharding.merged_metadata`.
+
+    >>> import pyarrow as pa
+    >>> advantage_tally(pa.table({"n_correct_eval": [2, 2, 4], "n_correct_reward": [0, 0, 4], "zero_std": [True, True, None]}))
+    {'2,0,1': 2, '4,4,na': 1}
+    """
+    keys = zip(scored.column("n_correct_eval").to_pylist(), scored.column("n_correct_reward").to_pylist(),
+               scored.column("zero_std").to_pylist())
+    return dict(Counter(f"{e},{r},{'na' if z is None else int(z)}" for e, r, z in keys))
+
+
+def _parse_tally(tally: dict[str, int]) -> list[tuple[int, int, bool | None, int]]:
+    out = []
+    for key, n in tally.items():
+        e, r, z = key.split(",")
+        out.append((int(e), int(r), None if z == "na" else z == "1", int(n)))
+    return out
+
+
+def _zero_share(rows: list[tuple[bool | None, int]]) -> dict[str, Any]:
+    groups = sum(n for _, n in rows)
+    known = [(z, n) for z, n in rows if z is not None]
+    zero = sum(n for z, n in known if z)
+    return {"groups": groups, "zero_std": zero if known else None,
+            "fraction": round(zero / groups, 4) if known and groups else None}
+
+
+def zero_advantage_stats(tally: dict[str, int], n_samples: int, keep_min: int, keep_max: int, on_empty: OnEmpty,
+                         correct: CorrectRule) -> dict[str, Any]:
+    """What each notion of "correct" buys: the share of items whose ``n_samples`` answers, as one
+    GRPO group under the full reward, have zero std (no gradient), over the whole pool and over the
+    items each rule keeps (its own pool-wide policy; ``"empty"`` where it would keep nothing and
+    ``on_empty="error"``). ``applied`` names the rule this run filtered with.
+
+    >>> z = zero_advantage_stats({"2,0,1": 3, "2,2,0": 1, "0,0,1": 4}, 4, 1, 3, "error", "eval")
+    >>> z["pool"], z["kept"]["eval"]["fraction"], z["kept"]["reward"]["fraction"]
+    ({'groups': 8, 'zero_std': 7, 'fraction': 0.875}, 0.75, 0.0)
+    """
+    rows = _parse_tally(tally)
+    kept: dict[str, Any] = {}
+    for rule in RULES:
+        idx = 0 if rule == "eval" else 1
+        hist = count_histogram([c for row in rows for c in [row[idx]] * row[3]])
+        try:
+            policy = decide_policy(hist, n_samples, keep_min, keep_max, on_empty)
+        except RLFilterEmptyError:
+            policy = "empty"
+        mask = [policy == "keep_all" or (policy == "filter" and keep_min <= row[idx] <= keep_max) for row in rows]
+        share = _zero_share([(row[2], row[3]) for row, m in zip(rows, mask) if m])
+        kept[rule] = {"policy": policy, "n_kept": share.pop("groups"), **share,
+                      "count_histogram": {k: hist[k] for k in sorted(hist)}}
+    return {"applied": correct, "group_size": n_samples, "pool": _zero_share([(row[2], row[3]) for row in rows]), "kept": kept}
+
+
+def describe_zero_advantage(stats: dict[str, Any]) -> str:
+    """One line for a report or card: each rule's kept items and their zero-advantage share.
+
+    >>> describe_zero_advantage({"zero_advantage": zero_advantage_stats({"2,0,1": 3, "2,2,0": 1}, 4, 1, 3, "keep_all", "eval")})
+    'zero-advantage groups (GRPO full reward, G=4): pool 75%; kept by eval (applied) 4 items, 75%; kept by reward 1 items, 0%'
+    """
+    z = stats.get("zero_advantage")
+    if not z:
+        return ""
+    pct = lambda f: "n/a" if f is None else f"{100 * f:.0f}%"  # noqa: E731
+    parts = [f"kept by {rule}{' (applied)' if rule == z['applied'] else ''} {k['n_kept']} items, {pct(k['fraction'])}"
+             for rule, k in z["kept"].items()]
+    return f"zero-advantage groups (GRPO full reward, G={z['group_size']}): pool {pct(z['pool']['fraction'])}; " + "; ".join(parts)
 
 
 def count_histogram(counts) -> dict[int, int]:
@@ -249,13 +396,18 @@ def keep_mask(n_correct, keep_min: int, keep_max: int, policy: str):
 
 def filter_stats(n_in: int, n_kept: int, histogram: dict[int, int], policy: str, *, on_empty: OnEmpty,
                  n_samples: int, keep_min: int, keep_max: int, temperature: float, top_k: int, top_p: float,
-                 max_new_tokens: int, seed: int, ckpt_dir: str | Path | None) -> dict[str, Any]:
-    """The ``stats`` a filtered dataset records (the same keys whether it ran in one piece or in shards)."""
+                 max_new_tokens: int, seed: int, ckpt_dir: str | Path | None, tally: dict[str, int],
+                 correct: CorrectRule = "eval", reward: RewardConfig | None = None) -> dict[str, Any]:
+    """The ``stats`` a filtered dataset records (the same keys whether it ran in one piece or in
+    shards); ``tally`` is :func:`advantage_tally` of every scored row."""
     return {
         "n_in": n_in, "n_kept": n_kept, "count_histogram": {int(k): v for k, v in sorted(histogram.items())},
         "policy_applied": policy, "on_empty": on_empty, "n_samples": n_samples, "keep_min": keep_min,
-        "keep_max": keep_max, "correct_iou": CORRECT_IOU, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-        "max_new_tokens": max_new_tokens, "seed": seed, "checkpoint": None if ckpt_dir is None else str(ckpt_dir),
+        "keep_max": keep_max, "correct": correct, "correct_iou": CORRECT_IOU,
+        "reward": (reward or RewardConfig()).model_dump(), "temperature": temperature, "top_k": top_k,
+        "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed,
+        "checkpoint": None if ckpt_dir is None else str(ckpt_dir),
+        "zero_advantage": zero_advantage_stats(tally, n_samples, keep_min, keep_max, on_empty, correct),
     }
 
 
@@ -275,27 +427,31 @@ def rl_filter(
     batch_size: int = 8,
     device: str = "cpu",
     samples: dict[str, list[str]] | None = None,
+    correct: CorrectRule = "eval",
+    reward: RewardConfig | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Filter GRPO rows (``question_id, image, problem, solution``) by stage-1 success counts.
 
     Returns ``(kept, stats)``. ``kept`` is the input table restricted to kept items (input order) with
-    two added columns: ``n_correct`` (int) and ``sample_ious`` (list<float>, one per sample).
+    the columns :func:`score` adds (``n_correct`` under the ``correct`` rule, ``sample_ious``, ...).
     ``stats``: ``n_in``, ``n_kept``, ``count_histogram`` ({n_correct: items}), ``policy_applied``
-    (``"filter"`` or ``"keep_all"``), and every parameter. ``samples`` (qid -> answers) skips sampling
-    (precomputed answers); otherwise :func:`~deepperception.eval.inference.sample_answers` runs
-    ``ckpt_dir`` with the given decoding.
+    (``"filter"`` or ``"keep_all"``), ``zero_advantage`` (:func:`zero_advantage_stats`) and every
+    parameter. ``samples`` (qid -> answers) skips sampling (precomputed answers); otherwise
+    :func:`~deepperception.eval.inference.sample_answers` runs ``ckpt_dir`` with the given decoding.
+    ``reward`` is GRPO's reward config (None: the released defaults).
     """
     check_params(n_samples, keep_min, keep_max, on_empty)
     annotated = score(grpo_rows, ckpt_dir, n_samples, temperature=temperature, top_k=top_k, top_p=top_p,
                       max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, device=device,
-                      samples=samples)
+                      samples=samples, correct=correct, reward=reward)
     counts = annotated.column("n_correct").to_pylist()
     histogram = count_histogram(counts)
     policy = decide_policy(histogram, n_samples, keep_min, keep_max, on_empty)
     kept = annotated.filter(keep_mask(counts, keep_min, keep_max, policy))
     stats = filter_stats(annotated.num_rows, kept.num_rows, histogram, policy, on_empty=on_empty, n_samples=n_samples,
                          keep_min=keep_min, keep_max=keep_max, temperature=temperature, top_k=top_k, top_p=top_p,
-                         max_new_tokens=max_new_tokens, seed=seed, ckpt_dir=ckpt_dir)
+                         max_new_tokens=max_new_tokens, seed=seed, ckpt_dir=ckpt_dir,
+                         tally=advantage_tally(annotated), correct=correct, reward=reward)
     return kept, stats
 
 
@@ -414,7 +570,9 @@ def rl_score_shard(job: "ShardJob") -> Any:
     table = store.read_part(ArtifactRef.parse(job.spec["pool"]), part)
     scored = score(table, shard_checkpoint(store, job.spec) if table.num_rows else None, cfg.n_samples,
                    **cfg.sampling(), max_new_tokens=cfg.max_new_tokens, seed=job.spec["seed"],
-                   batch_size=cfg.batch_size, device=cfg.device, sampler=sample_cached, allow_empty=True)
+                   batch_size=cfg.batch_size, device=cfg.device, sampler=sample_cached, allow_empty=True,
+                   correct=cfg.correct, reward=cfg.reward_config())
     meta = {"count_histogram": {str(k): v for k, v in count_histogram(scored.column("n_correct").to_pylist()).items()},
-            "rows_in": table.num_rows, "part": part, "seed": job.spec["seed"]}
+            "advantage_tally": advantage_tally(scored), "rows_in": table.num_rows, "part": part,
+            "seed": job.spec["seed"]}
     return store.commit_shard(job.out_ref, job.unit, job.index, {SCORED_TABLE: scored}, meta, replace=job.redo)

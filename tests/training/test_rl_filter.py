@@ -182,7 +182,8 @@ class TestOutputsAndPolicies:
         rows = [{"question_id": f"q{i}", "solution": GT, "problem": f"p{i}"} for i in range(4)]
         samples = {"q0": _answers(3), "q1": _answers(0), "q2": [HALF, WRONG, WRONG, WRONG], "q3": _answers(4)}
         kept, stats = rl_filter(pa.Table.from_pylist(rows), None, samples=samples)
-        assert kept.column_names == ["question_id", "solution", "problem", "n_correct", "sample_ious"]
+        assert kept.column_names == ["question_id", "solution", "problem", "n_correct", "sample_ious", "n_correct_eval",
+                                     "n_correct_reward", "sample_rewards", "zero_std"]
         assert kept.column("question_id").to_pylist() == ["q0", "q2"]
         assert kept.column("problem").to_pylist() == ["p0", "p2"]
         assert kept.column("n_correct").to_pylist() == [3, 1]
@@ -315,3 +316,141 @@ class TestErrorDetailsAndSampling:
         rl_filter(rows, "ckpt/stage1")
         assert calls[0][2] == {"n": 4, "temperature": 1.0, "max_new_tokens": 512, "seed": 0, "batch_size": 8,
                                "top_k": 0, "top_p": 1.0, "device": "cpu"}
+
+
+# ---- correct = "reward" and the zero-advantage stats --------------------------------------------
+
+FMT_RIGHT = "<think>t</think><answer>(0,0),(100,100)</answer>"   # IoU 1.0, format 0.5 -> reward 1.5
+FMT_SIXTY = "<think>t</think><answer>(0,0),(100,60)</answer>"    # IoU 0.6: eval-correct, no box reward at 0.8
+FMT_NINETY = "<think>t</think><answer>(0,0),(100,90)</answer>"   # IoU 0.9: correct under both
+BARE_SIXTY = "<answer>(0,0),(100,60)</answer>"                    # IoU 0.6, no <think>: reward 0.0
+BOX_IN_THINK = "<think>(0,0),(100,100)</think><answer>left</answer>"  # eval-correct (whole text), reward 0.5
+
+
+class TestRewardRule:
+    """``correct="reward"``: a sample counts when GRPO's own box reward is > 0, which the two rules
+    can disagree on (IoU 0.6 is eval-correct but earns nothing past the 0.8 threshold)."""
+
+    def test_iou_sixty_is_correct_for_eval_not_for_reward(self):
+        rows = _rows(2)
+        samples = {"q0": [FMT_SIXTY] * 2 + [WRONG] * 2, "q1": [FMT_NINETY, WRONG, WRONG, WRONG]}
+        ev, ev_stats = rl_filter(rows, None, samples=samples)
+        rw, rw_stats = rl_filter(rows, None, samples=samples, correct="reward")
+        assert ev.column("question_id").to_pylist() == ["q0", "q1"]
+        assert ev.column("n_correct").to_pylist() == [2, 1]
+        assert rw.column("question_id").to_pylist() == ["q1"]
+        assert rw.column("n_correct").to_pylist() == [1]
+        assert (ev_stats["correct"], rw_stats["correct"]) == ("eval", "reward")
+        assert rw_stats["count_histogram"] == {0: 1, 1: 1} and ev_stats["count_histogram"] == {1: 1, 2: 1}
+        # both counts are always recorded, whichever rule filtered
+        assert rw.column("n_correct_eval").to_pylist() == [1] and rw.column("n_correct_reward").to_pylist() == [1]
+
+    def test_threshold_comes_from_the_reward_config(self):
+        from deepperception.training.rewards import RewardConfig
+
+        rows = _rows(1)
+        samples = {"q0": [FMT_SIXTY, WRONG, WRONG, WRONG]}
+        with pytest.raises(RLFilterEmptyError):  # 0.6 is not > 0.8 (released)
+            rl_filter(rows, None, samples=samples, correct="reward")
+        kept, stats = rl_filter(rows, None, samples=samples, correct="reward",
+                                reward=RewardConfig(iou_threshold=0.5))
+        assert kept.column("n_correct").to_pylist() == [1]
+        assert stats["reward"]["iou_threshold"] == 0.5
+        # dense kinds: any overlap pays (continuous IoU 0.6 > 0)
+        kept, _ = rl_filter(rows, None, samples=samples, correct="reward", reward=RewardConfig(iou_kind="continuous"))
+        assert kept.column("n_correct").to_pylist() == [1]
+
+    def test_reward_reads_the_first_answer_eval_reads_the_whole_text(self):
+        rows = _rows(1)
+        kept, _ = rl_filter(rows, None, samples={"q0": [BOX_IN_THINK, WRONG, WRONG, WRONG]}, on_empty="keep_all",
+                            correct="reward")
+        assert kept.column("n_correct_eval").to_pylist() == [1]
+        assert kept.column("n_correct_reward").to_pylist() == [0]
+        assert kept.column("sample_rewards").to_pylist() == [[0.5, 0.0, 0.0, 0.0]]  # format half only
+
+    def test_sample_rewards_are_grpos_full_reward(self):
+        from deepperception.training.rewards import make_reward_funcs
+
+        texts = [FMT_RIGHT, FMT_SIXTY, BARE_SIXTY, WRONG]
+        kept, _ = rl_filter(_rows(1), None, samples={"q0": texts})
+        want = [sum(f([t], [GT])[0] for f in make_reward_funcs()) for t in texts]
+        assert kept.column("sample_rewards").to_pylist() == [pytest.approx(want)]
+        assert want == pytest.approx([1.5, 0.5, 0.0, 0.0])
+
+    def test_unknown_rule_is_refused(self):
+        with pytest.raises(ConfigError, match="correct must be one of"):
+            rl_filter(_rows(1), None, samples={"q0": [WRONG] * 4}, correct="strict")  # type: ignore[arg-type]
+        with pytest.raises(ValidationError):
+            RLFilterConfig(correct="strict")
+
+    def test_config_reward_defaults_to_the_released_one(self):
+        from deepperception.training.grpo import GRPOStageConfig
+
+        cfg = RLFilterConfig()
+        assert cfg.correct == "eval" and cfg.reward is None
+        assert cfg.reward_config() == GRPOStageConfig().reward
+        from deepperception.training.rewards import RewardConfig
+
+        assert RLFilterConfig(reward={"iou_threshold": 0.85}).reward_config() == RewardConfig(iou_threshold=0.85)
+
+
+class TestZeroAdvantageStats:
+    """Each item's samples as one GRPO group under the full reward: zero std = no gradient. The
+    stats give that share for the pool and for what each rule keeps, whichever rule ran."""
+
+    def _pool(self):
+        rows = _rows(4)
+        samples = {
+            "q0": [FMT_SIXTY] * 4,                               # eval 4/4 (dropped); rewards all 0.5 -> zero std
+            "q1": [FMT_SIXTY, FMT_SIXTY, BARE_SIXTY, WRONG],     # eval 3/4 kept; rewards .5 .5 0 0 -> signal
+            "q2": [FMT_SIXTY, FMT_SIXTY, FMT_SIXTY, FMT_RIGHT],  # eval 4/4 dropped; reward 1/4 kept; signal
+            "q3": [BARE_SIXTY, WRONG, WRONG, WRONG],             # eval 1/4 kept; rewards all 0 -> zero std
+        }
+        return rows, samples
+
+    def test_pool_and_kept_shares_under_both_rules(self):
+        rows, samples = self._pool()
+        kept, stats = rl_filter(rows, None, samples=samples)
+        assert kept.column("question_id").to_pylist() == ["q1", "q3"]
+        assert kept.column("zero_std").to_pylist() == [False, True]
+        z = stats["zero_advantage"]
+        assert (z["applied"], z["group_size"]) == ("eval", 4)
+        assert z["pool"] == {"groups": 4, "zero_std": 2, "fraction": 0.5}
+        assert z["kept"]["eval"] == {"policy": "filter", "n_kept": 2, "zero_std": 1, "fraction": 0.5,
+                                     "count_histogram": {1: 1, 3: 1, 4: 2}}
+        assert z["kept"]["reward"] == {"policy": "filter", "n_kept": 1, "zero_std": 0, "fraction": 0.0,
+                                       "count_histogram": {0: 3, 1: 1}}
+        # the other rule's run reports the very same comparison, only `applied` changes
+        kept_r, stats_r = rl_filter(rows, None, samples=samples, correct="reward")
+        assert kept_r.column("question_id").to_pylist() == ["q2"]
+        assert {**stats_r["zero_advantage"], "applied": "eval"} == z
+        assert "pool 50%; kept by eval (applied) 2 items, 50%; kept by reward 1 items, 0%" in \
+            rlf_describe(stats)
+
+    def test_a_rule_that_keeps_nothing_is_reported_not_raised(self):
+        rows = _rows(2)
+        samples = {"q0": [FMT_SIXTY, WRONG, WRONG, WRONG], "q1": [FMT_SIXTY] * 2 + [WRONG] * 2}
+        _, stats = rl_filter(rows, None, samples=samples)  # eval keeps both; reward keeps none
+        k = stats["zero_advantage"]["kept"]["reward"]
+        assert (k["policy"], k["n_kept"], k["zero_std"], k["fraction"]) == ("empty", 0, None, None)
+        _, stats = rl_filter(rows, None, samples=samples, on_empty="keep_all")
+        assert stats["zero_advantage"]["kept"]["reward"]["policy"] == "keep_all"
+        assert stats["zero_advantage"]["kept"]["reward"]["n_kept"] == 2
+
+    def test_a_group_of_one_has_no_std(self):
+        kept, stats = rl_filter(_rows(1), None, samples={"q0": [FMT_RIGHT]}, n_samples=1, keep_min=1, keep_max=1)
+        assert kept.column("zero_std").to_pylist() == [None]
+        assert stats["zero_advantage"]["pool"] == {"groups": 1, "zero_std": None, "fraction": None}
+        assert "pool n/a" in rlf_describe(stats)
+
+    def test_equal_rewards_within_float32_are_zero_std(self):
+        from deepperception.training.rl_filter import zero_std
+
+        assert zero_std([0.1 + 0.2, 0.3, 0.3])  # float64-different, float32-equal: TRL sees std 0
+        assert not zero_std([0.0, 0.0, 0.0, 1e-3])
+
+
+def rlf_describe(stats):
+    from deepperception.training.rl_filter import describe_zero_advantage
+
+    return describe_zero_advantage(stats)

@@ -319,3 +319,32 @@ def test_shards_run_as_prefect_task_runs_on_an_s3_store(prefect_harness, tmp_pat
     assert len(fake.calls) == 3
     assert store.manifest(out).metadata["stats"]["checkpoint"] == str(store.materialize(ckpt))  # the local copy
     assert [e.path for e in store.table_files(out, "scored")] == [f"scored/part-0000{i}.parquet" for i in range(3)]
+
+
+def test_reward_rule_and_zero_advantage_stats_add_up_over_shards(tmp_path, monkeypatch):
+    """``correct="reward"`` with the run's reward config, in shards: the kept set, the count
+    histogram and the zero-advantage comparison of both rules equal the one-piece filter's."""
+    from deepperception.training.rewards import RewardConfig
+
+    sixty = "<think>t</think><answer>(0,0),(100,60)</answer>"  # eval-correct; box reward 0 at 0.8, 0.6 at 0.5
+    right = "<think>t</think><answer>(0,0),(100,100)</answer>"
+    answers = {"q0": [sixty] * 4, "q1": [sixty, WRONG, WRONG, WRONG], "q2": [right, sixty, WRONG, WRONG],
+               "q3": [right] * 4, "q4": [WRONG] * 4}
+    table = pa.Table.from_pylist([{"question_id": q, "problem": q, "solution": GT} for q in answers])
+    store = _store(tmp_path / "store")
+    pool = _pool(store, table, rows_per_part=2)
+    ckpt = register_external_checkpoint(store, str(_fake_checkpoint(tmp_path)), "sft-checkpoint", "sft")
+    monkeypatch.setattr(rlf, "sample_cached", FakeSampler(answers))
+    for reward, want_kept in ((None, ["q2"]), (RewardConfig(iou_threshold=0.5), ["q1", "q2"])):
+        cfg = RLFilterConfig(correct="reward", reward=reward)
+        out = rl_filter_task.fn(cfg, ckpt, pool, str(tmp_path / "store"), False, THREADS)
+        assert store.read_table(out).column("question_id").to_pylist() == want_kept
+        ckpt_dir = store.manifest(ckpt).metadata["external_path"]
+        want, want_stats = rlf.rl_filter(table, ckpt_dir, samples=answers, correct="reward", reward=reward,
+                                         **cfg.sampling())
+        assert store.read_table(out).equals(want)
+        stats = store.manifest(out).metadata["stats"]
+        assert stats == json.loads(json.dumps(want_stats))
+        z = stats["zero_advantage"]
+        assert z["applied"] == "reward" and z["pool"]["fraction"] == 0.6  # q0, q3, q4: every reward equal
+        assert z["kept"]["eval"]["n_kept"] == 2  # q1, q2 (q0 is 4/4 under eval)
