@@ -18,11 +18,44 @@ class TrainResult:
 
     checkpoint_dir: Path
     metrics: dict[str, Any] = field(default_factory=dict)
+    step_checkpoints: dict[int, Path] = field(default_factory=dict)
+    """Published intermediate checkpoints (``save_steps`` multiples), by optimizer step."""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["checkpoint_dir"] = str(self.checkpoint_dir)
+        d["step_checkpoints"] = {str(k): str(v) for k, v in self.step_checkpoints.items()}
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainResult":
+        return cls(Path(d["checkpoint_dir"]), d.get("metrics") or {},
+                   {int(k): Path(v) for k, v in (d.get("step_checkpoints") or {}).items()})
+
+
+def default_work_dir(out: Path) -> Path:
+    """Work directory (resume points, published steps) of a stage called without one: a sibling of
+    its output directory, so nothing but the checkpoint lands in ``out``."""
+    out = Path(out)
+    return out.with_name(out.name + ".work")
+
+
+def train_resumable(trainer, work: Path, stage: str) -> int | None:
+    """``trainer.train()``, resumed from the newest complete checkpoint in ``work/trainer`` if a
+    killed run of the same stage left one (the optimizer, scheduler, RNG states and step count
+    continue). Returns the step it resumed from, or ``None``."""
+    import logging
+
+    from deepperception.training.checkpoints import checkpoint_step, last_complete_checkpoint
+
+    last = last_complete_checkpoint(Path(work) / "trainer")
+    if last is None:
+        trainer.train()
+        return None
+    step = checkpoint_step(last)
+    logging.getLogger(__name__).warning("%s: resuming from step %d (%s)", stage, step, last)
+    trainer.train(resume_from_checkpoint=str(last))
+    return step
 
 
 def freeze_vision(model, *, vision_tower: bool, projector: bool) -> dict[str, int]:

@@ -37,7 +37,10 @@ from deepperception.images import decode_image
 from deepperception.tables import require_columns
 from deepperception.training.common import (
     DEFAULT_ZERO3, resolve_deepspeed, train_dtype,
-    Timer, TrainResult, remove_if_empty, loss_metrics, write_stage_json,
+    Timer, TrainResult, loss_metrics, write_stage_json, default_work_dir, train_resumable,
+)
+from deepperception.training.preflight import (
+    check_device, check_generation_batch, check_lengths, check_model_class, require_box, token_counts, world_size,
 )
 from deepperception.training.rewards import FormatMode, IoUKind, RewardConfig, make_reward_funcs
 
@@ -81,6 +84,18 @@ class GRPOStageConfig(BaseModel):
     seed: int = Field(42, description="Trainer seed: data order and rollout sampling.")
     logging_steps: int = Field(1, ge=1, description="Log every N steps.")
     report_to: str = Field("none", description="'none', 'wandb', ...")
+    use_bias_correction_kl: bool = Field(False, description=(
+        "TRL 1.16's option (its default: True) to multiply the k3 per-token KL by the importance ratio "
+        "exp(logp - logp_old), which is 1 in value on-policy but differentiable, so it adds KL * grad(logp) to the "
+        "KL gradient (the unbiased reverse-KL gradient of DeepSeek-V3.2). False = the released fork's plain k3 "
+        "KL, exp(ref - logp) - (ref - logp) - 1, as in its loss (official-code.md 4.4)."))
+    save_steps: int | None = Field(100, ge=0, description=(
+        "Publish a model-only checkpoint every N optimizer steps as checkpoints/step-N/ of the grpo-checkpoint "
+        "version (official --save_steps 100 --save_only_model true; the authors evaluated step 800); None/0: the "
+        "final checkpoint only."))
+    resume_steps: int | None = Field(None, ge=0, description=(
+        "Write a full trainer checkpoint (optimizer, scheduler, RNG) every N steps in the stage's work directory so "
+        "a killed run resumes there; None: at the save_steps multiples; 0: never (a rerun starts over)."))
 
     @model_validator(mode="after")
     def _check_batch(self) -> "GRPOStageConfig":
@@ -135,34 +150,66 @@ def _dataset(rows, stage: str = "grpo"):
             raise InputDataError("empty problem", stage=stage, row=qid, field="problem")
         if not isinstance(r["solution"], str) or not r["solution"]:
             raise InputDataError("empty solution", stage=stage, row=qid, field="solution")
+        require_box(r["solution"], stage=stage, row=qid, field="solution")
         prompts.append(grounding_messages(r["problem"], "r1"))
         images.append(decode_image(r["image"], stage=stage, row=qid, field="image"))
         solutions.append(r["solution"])
         qids.append(qid)
-    return Dataset.from_dict({"prompt": prompts, "image": images, "solution": solutions, "question_id": qids})
+    return Dataset.from_dict({"prompt": prompts, "image": images, "solution": solutions, "question_id": qids}), qids, \
+        prompts, [[im] for im in images]
 
 
-def train_grpo(rows, ckpt_dir: str | Path, out_dir: str | Path, cfg: GRPOStageConfig | None = None) -> TrainResult:
+def _position_limit(ckpt_dir: str | Path) -> int | None:
+    """The model's ``max_position_embeddings`` (text config), if recorded."""
+    import json
+
+    cfg = json.loads((Path(ckpt_dir) / "config.json").read_text())
+    v = (cfg.get("text_config") or {}).get("max_position_embeddings", cfg.get("max_position_embeddings"))
+    return int(v) if v else None
+
+
+def train_grpo(rows, ckpt_dir: str | Path, out_dir: str | Path, cfg: GRPOStageConfig | None = None,
+               work_dir: str | Path | None = None) -> TrainResult:
     """GRPO-train ``ckpt_dir`` (the stage-1 checkpoint) on ``rows``; save a reloadable checkpoint in
-    ``out_dir`` with ``train_stage.json`` (config, reward config, metrics)."""
+    ``out_dir`` with ``train_stage.json`` (config, reward config, metrics) and ``monitors.json``
+    (the health table and summary of :mod:`.monitors`). Pre-flight checks run before step 1;
+    ``work_dir`` holds resume points and published steps (see :func:`.sft.train_sft`)."""
     from trl import GRPOConfig, GRPOTrainer
 
     from deepperception.model.loading import load_model, load_processor, read_size, save_processor, set_pixel_limits
+    from deepperception.training.checkpoints import (
+        fingerprint, make_checkpoint_callback, prepare_work_dir, published_steps, tidy_work_dir,
+    )
+    from deepperception.training.monitors import (
+        Thresholds, grpo_rows, make_health_callback, monitored_reward_funcs, public_rows, summarize,
+    )
 
     cfg = cfg or GRPOStageConfig.profile("paper")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ds = _dataset(rows)
+    model_class = check_model_class(ckpt_dir)
+    device = check_device(bf16=cfg.bf16, use_cpu=cfg.use_cpu, deepspeed=cfg.deepspeed)
+    processes = world_size(cfg.world_size)
+    completions_per_step = check_generation_batch(cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps,
+                                                  cfg.num_generations, processes)
+    ds, qids, prompts, images = _dataset(rows)
     processor = set_pixel_limits(load_processor(ckpt_dir), cfg.image_min_pixels, cfg.image_max_pixels)
+    # TRL 1.16 never cuts GRPO prompts; the bound that matters is the model's context.
+    pos = _position_limit(ckpt_dir)
+    lengths = check_lengths(qids, token_counts(processor, prompts, images, add_generation_prompt=True),
+                            None if pos is None else pos - cfg.max_completion_length + 1, stage="grpo", field="problem")
+    work = prepare_work_dir(Path(work_dir) if work_dir else default_work_dir(out), fingerprint(
+        stage="grpo", config=cfg.model_dump(mode="json"), init=str(ckpt_dir), rows=qids))
     # Arguments before the model: with a DeepSpeed ZeRO-3 config this makes from_pretrained load
     # the weights already partitioned across ranks instead of whole in every process.
     args = GRPOConfig(
-        output_dir=str(out / "_trainer"), learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs,
+        output_dir=str(work / "trainer"), learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs,
         max_steps=cfg.max_steps, per_device_train_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, num_generations=cfg.num_generations,
         max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, top_k=cfg.top_k,
         top_p=cfg.top_p, beta=cfg.beta, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards,
-        use_vllm=cfg.use_vllm, bf16=cfg.bf16, fp16=False, use_cpu=cfg.use_cpu,
+        use_bias_correction_kl=cfg.use_bias_correction_kl,
+        use_vllm=cfg.use_vllm, bf16=device["bf16"], fp16=False, use_cpu=cfg.use_cpu,
         activation_checkpointing=cfg.activation_checkpointing, lr_scheduler_type=cfg.lr_scheduler_type,
         warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay, deepspeed=resolve_deepspeed(cfg.deepspeed), seed=cfg.seed,
         data_seed=cfg.seed, logging_steps=cfg.logging_steps, report_to=cfg.report_to, save_strategy="no",
@@ -171,30 +218,44 @@ def train_grpo(rows, ckpt_dir: str | Path, out_dir: str | Path, cfg: GRPOStageCo
     dtype = train_dtype(cfg.bf16, cfg.use_cpu)
     model = load_model(ckpt_dir, device="cpu", dtype=dtype)
     model.train()
-    trainer = GRPOTrainer(model=model, reward_funcs=make_reward_funcs(cfg.reward), args=args, train_dataset=ds,
-                          processing_class=processor)
+    reward_funcs = make_reward_funcs(cfg.reward)
+    reward_names = [f.__name__ for f in reward_funcs]
+    thresholds = Thresholds()
+    trainer = GRPOTrainer(model=model, reward_funcs=monitored_reward_funcs(reward_funcs, thresholds), args=args,
+                          train_dataset=ds, processing_class=processor,
+                          callbacks=[make_checkpoint_callback(work, cfg.save_steps, cfg.resume_steps, processor),
+                                     make_health_callback(reward_names, thresholds)])
     with Timer() as t:
-        trainer.train()
+        resumed_from = train_resumable(trainer, work, "grpo")
     trainer.save_model(str(out))
     main_process = trainer.is_world_process_zero()  # under accelerate/torchrun only rank 0 writes files
     if main_process:
         save_processor(processor, out)
-        remove_if_empty(out / "_trainer")
+        tidy_work_dir(work)
     hist = trainer.state.log_history
     steps = trainer.state.global_step
+    steps_run = steps - (resumed_from or 0)
 
     def series(key: str) -> list[float]:
         return [h[key] for h in hist if key in h]
 
+    rows_ = grpo_rows(hist, reward_names)
+    health = summarize(rows_, thresholds)
+    step_dirs = published_steps(work)
     metrics: dict[str, Any] = {
         **loss_metrics(hist), "steps": steps, "runtime_s": round(t.seconds, 3),
-        "s_per_step": round(t.seconds / steps, 4) if steps else None, "n_rows": len(ds),
-        "reward": series("reward"), "reward_iou": series("rewards/iou_reward/mean"),
+        "s_per_step": round(t.seconds / steps_run, 4) if steps_run else None, "n_rows": len(ds),
+        "reward": series("reward"), "reward_iou": series(f"rewards/{reward_names[0]}/mean"),
         "reward_format": series("rewards/format_reward/mean"), "kl": series("kl"),
         "completion_mean_length": series("completions/mean_length"),
-        "pixel_limits": read_size(processor.image_processor),
+        "pixel_limits": read_size(processor.image_processor), "resumed_from_step": resumed_from,
+        "health_flags": health["flags"], "checkpoints": sorted(step_dirs),
+        "preflight": {"model_class": model_class, "device": device["device"], "bf16": device["bf16"],
+                      "notes": device["notes"], "processes": processes,
+                      "completions_per_step": completions_per_step, **lengths},
     }
     if main_process:
+        write_stage_json(out, "monitors.json", {"stage": "grpo", "rows": public_rows(rows_), "summary": health})
         write_stage_json(out, "train_stage.json", {"stage": "grpo", "base_checkpoint": str(ckpt_dir),
                                                "config": cfg.model_dump(), "metrics": metrics})
-    return TrainResult(out, metrics)
+    return TrainResult(out, metrics, step_dirs)

@@ -52,20 +52,25 @@ def _config_class(stage: Stage):
     return GRPOStageConfig
 
 
-def _train(stage: Stage, rows: pa.Table, init: str | Path, out: str | Path, cfg) -> TrainResult:
+def _train(stage: Stage, rows: pa.Table, init: str | Path, out: str | Path, cfg,
+           work: str | Path | None = None) -> TrainResult:
     if stage == "sft":
         from deepperception.training.sft import train_sft
 
-        return train_sft(rows, init, out, cfg)
+        return train_sft(rows, init, out, cfg, work_dir=work)
     from deepperception.training.grpo import train_grpo
 
-    return train_grpo(rows, init, out, cfg)
+    return train_grpo(rows, init, out, cfg, work_dir=work)
 
 
-def command(stage: Stage, work: Path, init: str | Path, out: str | Path, launch: LaunchConfig) -> list[str]:
-    """The command line that trains ``stage`` from the inputs staged in ``work``."""
+def command(stage: Stage, work: Path, init: str | Path, out: str | Path, launch: LaunchConfig,
+            work_dir: str | Path | None = None) -> list[str]:
+    """The command line that trains ``stage`` from the inputs staged in ``work`` (``work_dir``: the
+    stage's persistent checkpoint directory, see :mod:`deepperception.training.checkpoints`)."""
     args = ["-m", "deepperception.training.launch", stage, "--rows", str(work / "rows.parquet"),
             "--init", str(init), "--out", str(out), "--config", str(work / "config.json")]
+    if work_dir is not None:
+        args += ["--work", str(work_dir)]
     if launch.kind == "accelerate":
         accelerate = shutil.which("accelerate") or "accelerate"
         return [accelerate, "launch", "--config_file", launch.accelerate_config,
@@ -74,16 +79,17 @@ def command(stage: Stage, work: Path, init: str | Path, out: str | Path, launch:
 
 
 def run_training(stage: Stage, rows: pa.Table, init: str | Path, out: str | Path, cfg,
-                 launch: LaunchConfig | None = None) -> TrainResult:
-    """Train ``stage`` as ``launch`` says and return the rank-0 result."""
+                 launch: LaunchConfig | None = None, work_dir: str | Path | None = None) -> TrainResult:
+    """Train ``stage`` as ``launch`` says and return the rank-0 result. A ``work_dir`` that a killed
+    run of the same stage left checkpoints in is resumed from."""
     launch = launch or LaunchConfig()
     if launch.kind == "inprocess":
-        return _train(stage, rows, init, out, cfg)
+        return _train(stage, rows, init, out, cfg, work_dir)
     with tempfile.TemporaryDirectory(prefix=f"dp-launch-{stage}-") as tmp:
         work = Path(tmp)
         pq.write_table(rows, work / "rows.parquet")
         (work / "config.json").write_text(cfg.model_dump_json())
-        cmd = command(stage, work, init, out, launch)
+        cmd = command(stage, work, init, out, launch, work_dir)
         proc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         if proc.returncode != 0:
             raise PipelineError(f"{stage} training exited with code {proc.returncode}: {' '.join(cmd)}")
@@ -92,7 +98,7 @@ def run_training(stage: Stage, rows: pa.Table, init: str | Path, out: str | Path
         raise PipelineError(f"{stage} training finished but wrote no {result}")
     data = json.loads(result.read_text())
     result.unlink()  # a launch detail, not part of the checkpoint
-    return TrainResult(Path(data["checkpoint_dir"]), data["metrics"])
+    return TrainResult.from_dict(data)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,9 +108,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--init", required=True, help="Checkpoint directory to start from.")
     p.add_argument("--out", required=True, help="Directory for the trained checkpoint.")
     p.add_argument("--config", required=True, help="JSON of the stage config.")
+    p.add_argument("--work", default=None, help="Persistent work directory (resume points, published steps).")
     a = p.parse_args(argv)
     cfg = _config_class(a.stage).model_validate_json(Path(a.config).read_text())
-    result = _train(a.stage, pq.read_table(a.rows), a.init, a.out, cfg)
+    result = _train(a.stage, pq.read_table(a.rows), a.init, a.out, cfg, a.work)
     if int(os.environ.get("RANK", "0")) == 0:
         (Path(a.out) / "launch_result.json").write_text(json.dumps(result.to_dict(), default=str))
 

@@ -26,9 +26,13 @@ from deepperception.images import decode_image
 from deepperception.tables import require_columns
 from deepperception.training.targets import SFTTarget, apply_target
 from deepperception.training.common import (
-    DEFAULT_ZERO3, resolve_deepspeed, train_dtype,
-    Timer, TrainResult, remove_if_empty, freeze_vision, loss_metrics, write_stage_json,
+    DEFAULT_ZERO3, resolve_deepspeed, train_dtype, default_work_dir, train_resumable,
+    Timer, TrainResult, freeze_vision, loss_metrics, write_stage_json,
 )
+from deepperception.training.preflight import (
+    check_device, check_lengths, check_model_class, require_box, token_counts,
+)
+from deepperception.training.rewards import completion_text
 
 SFT_COLUMNS = ("question_id", "messages", "images")
 
@@ -60,6 +64,12 @@ class SFTStageConfig(BaseModel):
     logging_steps: int = Field(1, ge=1, description="Log every N steps (loss curve in metrics).")
     dataloader_num_workers: int = Field(0, ge=0, description="0 on CPU.")
     report_to: str = Field("none", description="'none', 'wandb', 'tensorboard', ...")
+    save_steps: int | None = Field(3000, ge=0, description=(
+        "Publish a model-only checkpoint every N optimizer steps as checkpoints/step-N/ of the sft-checkpoint "
+        "version (LLaMA-Factory save_steps 3000, the official value); None/0: the final checkpoint only."))
+    resume_steps: int | None = Field(None, ge=0, description=(
+        "Write a full trainer checkpoint (optimizer, scheduler, RNG) every N steps in the stage's work directory so "
+        "a killed run resumes there; None: at the save_steps multiples; 0: never (a rerun starts over)."))
     target: SFTTarget = Field("cot", description="cot: reasoning then answer (CoT-SFT); direct: the answer alone, "
                               "the paper's direct fine-tuning ablation on the same rows.")
 
@@ -89,8 +99,8 @@ def _dataset(rows, stage: str = "sft", target: SFTTarget = "cot"):
     from datasets import Dataset
 
     require_columns(rows, SFT_COLUMNS, stage=stage, allow_empty=False)
-    messages, images = [], []
-    for i, r in enumerate(rows.to_pylist()):
+    messages, images, qids = [], [], []
+    for r in rows.to_pylist():
         qid = r["question_id"]
         try:
             msgs = json.loads(r["messages"]) if isinstance(r["messages"], str) else r["messages"]
@@ -104,34 +114,69 @@ def _dataset(rows, stage: str = "sft", target: SFTTarget = "cot"):
                                  field="images")
         if not msgs or msgs[-1].get("role") != "assistant":
             raise InputDataError("last message must be the assistant's answer", stage=stage, row=qid, field="messages")
-        messages.append(apply_target(msgs, target, row=qid))
+        msgs = apply_target(msgs, target, row=qid)
+        require_box(completion_text(msgs[-1]), stage=stage, row=qid, field="messages")
+        messages.append(msgs)
         images.append(imgs)
-    return Dataset.from_dict({"messages": messages, "images": images})
+        qids.append(qid)
+    return Dataset.from_dict({"messages": messages, "images": images}), qids, messages, images
 
 
-def train_sft(rows, base_ckpt_dir: str | Path, out_dir: str | Path, cfg: SFTStageConfig | None = None) -> TrainResult:
+def _image_counting_trainer():
+    """TRL's ``SFTTrainer`` plus an ``image_tokens`` log: the ``<|image_pad|>`` tokens of each
+    micro-batch, counted in ``training_step`` (main process, after collation) and averaged over
+    the logging window by TRL's own ``_metrics`` (beside ``mean_token_accuracy``). Counting
+    reads the batch only, so the loss and the weights are unchanged."""
+    from trl import SFTTrainer
+
+    class ImageCountingSFTTrainer(SFTTrainer):
+        image_token_id: int | None = None
+
+        def training_step(self, *args, **kwargs):
+            inputs = args[1] if len(args) > 1 else kwargs.get("inputs")
+            ids = inputs.get("input_ids") if isinstance(inputs, dict) or hasattr(inputs, "get") else None
+            if ids is not None and self.image_token_id is not None:
+                self._metrics["train"]["image_tokens"].append(float((ids == self.image_token_id).sum().item()))
+            return super().training_step(*args, **kwargs)
+
+    return ImageCountingSFTTrainer
+
+
+def train_sft(rows, base_ckpt_dir: str | Path, out_dir: str | Path, cfg: SFTStageConfig | None = None,
+              work_dir: str | Path | None = None) -> TrainResult:
     """Fine-tune ``base_ckpt_dir`` on ``rows`` and save a reloadable checkpoint in ``out_dir``.
 
     Model and processor come from :mod:`deepperception.model.loading` (class from ``model_type``;
     image-only processor without torchvision) and the processor is passed as ``processing_class``
-    so TRL never calls ``AutoProcessor`` itself.
+    so TRL never calls ``AutoProcessor`` itself. Pre-flight checks (:mod:`.preflight`) run before
+    step 1. ``work_dir`` holds resume points and published steps (:mod:`.checkpoints`); a rerun
+    with the same work dir, inputs and config resumes from its newest complete checkpoint.
     """
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     from deepperception.model.loading import load_model, load_processor, read_size, save_processor, set_pixel_limits
+    from deepperception.training.checkpoints import (
+        fingerprint, make_checkpoint_callback, prepare_work_dir, published_steps, tidy_work_dir,
+    )
+    from deepperception.training.monitors import sft_rows
 
     cfg = cfg or SFTStageConfig.profile("paper")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ds = _dataset(rows, target=cfg.target)
+    model_class = check_model_class(base_ckpt_dir)
+    device = check_device(bf16=cfg.bf16, use_cpu=cfg.use_cpu, deepspeed=cfg.deepspeed)
+    ds, qids, messages, images = _dataset(rows, target=cfg.target)
     processor = set_pixel_limits(load_processor(base_ckpt_dir), cfg.image_min_pixels, cfg.image_max_pixels)
+    lengths = check_lengths(qids, token_counts(processor, messages, images), cfg.max_length, stage="sft")
+    work = prepare_work_dir(Path(work_dir) if work_dir else default_work_dir(out), fingerprint(
+        stage="sft", config=cfg.model_dump(mode="json"), init=str(base_ckpt_dir), rows=qids))
     # Arguments before the model: with a DeepSpeed ZeRO-3 config this makes from_pretrained load
     # the weights already partitioned across ranks instead of whole in every process.
     args = SFTConfig(
-        output_dir=str(out / "_trainer"), learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs,
+        output_dir=str(work / "trainer"), learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs,
         max_steps=cfg.max_steps, per_device_train_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay, bf16=cfg.bf16, fp16=False,
+        warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay, bf16=device["bf16"], fp16=False,
         use_cpu=cfg.use_cpu, activation_checkpointing=cfg.activation_checkpointing, max_length=cfg.max_length,
         assistant_only_loss=cfg.assistant_only_loss, deepspeed=resolve_deepspeed(cfg.deepspeed), seed=cfg.seed, data_seed=cfg.seed,
         logging_steps=cfg.logging_steps, dataloader_num_workers=cfg.dataloader_num_workers, report_to=cfg.report_to,
@@ -141,21 +186,33 @@ def train_sft(rows, base_ckpt_dir: str | Path, out_dir: str | Path, cfg: SFTStag
     model = load_model(base_ckpt_dir, device="cpu", dtype=dtype)
     model.train()
     counts = freeze_vision(model, vision_tower=cfg.freeze_vision_tower, projector=cfg.freeze_projector)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=processor)
+    trainer = _image_counting_trainer()(
+        model=model, args=args, train_dataset=ds, processing_class=processor,
+        callbacks=[make_checkpoint_callback(work, cfg.save_steps, cfg.resume_steps, processor)])
+    trainer.image_token_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     with Timer() as t:
-        trainer.train()
+        resumed_from = train_resumable(trainer, work, "sft")
     trainer.save_model(str(out))
     main_process = trainer.is_world_process_zero()  # under accelerate/torchrun only rank 0 writes files
     if main_process:
         save_processor(processor, out)
-        remove_if_empty(out / "_trainer")
+        tidy_work_dir(work)
     steps = trainer.state.global_step
+    monitor = sft_rows(trainer.state.log_history)
+    steps_run = steps - (resumed_from or 0)
     metrics: dict[str, Any] = {
         **loss_metrics(trainer.state.log_history), "steps": steps, "runtime_s": round(t.seconds, 3),
-        "s_per_step": round(t.seconds / steps, 4) if steps else None, "n_rows": len(ds), **counts,
-        "pixel_limits": read_size(processor.image_processor),
+        "s_per_step": round(t.seconds / steps_run, 4) if steps_run else None, "n_rows": len(ds), **counts,
+        "pixel_limits": read_size(processor.image_processor), "resumed_from_step": resumed_from,
+        "mean_token_accuracy": [r["mean_token_accuracy"] for r in monitor if r["mean_token_accuracy"] is not None],
+        "image_tokens": [r["image_tokens"] for r in monitor if r["image_tokens"] is not None],
+        "preflight": {"model_class": model_class, "device": device["device"], "bf16": device["bf16"],
+                      "notes": device["notes"], **lengths},
     }
+    step_dirs = published_steps(work)
+    metrics["checkpoints"] = sorted(step_dirs)
     if main_process:
+        write_stage_json(out, "monitors.json", {"stage": "sft", "rows": monitor})
         write_stage_json(out, "train_stage.json", {"stage": "sft", "base_checkpoint": str(base_ckpt_dir),
                                                "config": cfg.model_dump(), "metrics": metrics})
-    return TrainResult(out, metrics)
+    return TrainResult(out, metrics, step_dirs)
