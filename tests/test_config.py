@@ -2,12 +2,12 @@
 
 import pytest
 
-from deepperception.config import ReproductionConfig, profile
+from deepperception.config import ReproductionConfig, profile, shipped_profiles
 from deepperception.training.launch import LaunchConfig
 from deepperception.version import config_hash
 
 
-@pytest.mark.parametrize("name", ["toy", "demo", "paper"])
+@pytest.mark.parametrize("name", sorted(shipped_profiles()))
 def test_profiles_validate_and_roundtrip(name):
     cfg = profile(name)
     again = ReproductionConfig.model_validate_json(cfg.model_dump_json())

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deepperception.config import ConfigFileError, load_config
+from deepperception.config import ConfigFileError, load_config, shipped_profiles
 
 CLI = [sys.executable, "-m", "deepperception.cli"]
 
@@ -113,6 +113,6 @@ def test_valid_override_still_loads(tmp_path):
     assert c.sft.max_steps == 3 and c.base_model.image_min_pixels == 1024
 
 
-@pytest.mark.parametrize("name", ["toy", "demo", "paper"])
+@pytest.mark.parametrize("name", sorted(shipped_profiles()))
 def test_profiles_pass_every_rule(name):
     load_config(name)

@@ -30,6 +30,7 @@ from deepperception.config import (
     EvalStageConfig,
     LabelingStageConfig,
     RLFilterConfig,
+    profile,
 )
 from deepperception.domain.synthetic import SyntheticDomainConfig
 from deepperception.engine.collection import CollectionConfig
@@ -38,8 +39,6 @@ from deepperception.engine.filtering import FilterConfig
 from deepperception.errors import InputDataError, StageFailedError
 from deepperception.store import ArtifactRef, ArtifactStore
 from deepperception.store.stage import run_stage
-from deepperception.training.grpo import GRPOStageConfig
-from deepperception.training.sft import SFTStageConfig
 from tasks import engine, evaluation, training
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
@@ -220,9 +219,9 @@ CONSUMERS = {
     "filter": lambda e, side, uri: engine.filter_cot_task.fn(FilterConfig(), e, uri),
     "build-sft": lambda e, side, uri: engine.build_sft_dataset_task.fn(e, side, uri),
     "base-model": lambda e, side, uri: training.build_base_model_task.fn(BaseModelConfig(), e, side, uri),
-    "sft": lambda e, side, uri: training.train_sft_task.fn(SFTStageConfig.profile("cpu_tiny"), _CKPT, e, uri),
+    "sft": lambda e, side, uri: training.train_sft_task.fn(profile("toy").sft, _CKPT, e, uri),
     "rl-filter": lambda e, side, uri: training.rl_filter_task.fn(RLFilterConfig(), _CKPT, e, uri),
-    "grpo": lambda e, side, uri: training.train_grpo_task.fn(GRPOStageConfig.profile("cpu_tiny"), _CKPT, e, uri),
+    "grpo": lambda e, side, uri: training.train_grpo_task.fn(profile("toy").grpo, _CKPT, e, uri),
     "evaluate": lambda e, side, uri: evaluation.evaluate_task.fn(EvalStageConfig(), "x", _CKPT, e, store_uri=uri),
 }
 

@@ -156,9 +156,9 @@ class TestRewardSelection:
     def test_grpo_config_picks_the_box_reward_and_it_pickles(self, kind, name, want):
         import pickle
 
-        from deepperception.training.grpo import GRPOStageConfig
+        from deepperception.config import load_profile
 
-        iou, fmt = make_reward_funcs(GRPOStageConfig.profile("cpu_tiny", iou_kind=kind).reward)
+        iou, fmt = make_reward_funcs(load_profile("toy", {"grpo": {"iou_kind": kind}}).grpo.reward)
         assert (iou.__name__, fmt.__name__) == (name, "format_reward")
         half = answer((0, 0, 100, 50))
         assert iou([half], [solution((0, 0, 100, 100))]) == pytest.approx([want], abs=1e-6)

@@ -3,11 +3,11 @@
 from deepperception.model.loading import load_model
 from deepperception.model.synthetic import synthetic_sft_rows
 from deepperception.training.launch import LaunchConfig, command, run_training
-from deepperception.training.sft import SFTStageConfig
+from deepperception.config import profile
 
 
 def test_subprocess_launch_trains_and_returns_result(tiny_ckpt, tmp_path):
-    cfg = SFTStageConfig.profile("cpu_tiny", max_steps=2)
+    cfg = profile("toy").sft  # 2 steps
     result = run_training("sft", synthetic_sft_rows(4), tiny_ckpt, tmp_path / "out", cfg, LaunchConfig(kind="subprocess"))
     assert result.metrics["steps"] == 2 and len(result.metrics["train_losses"]) == 2
     assert not (tmp_path / "out" / "launch_result.json").exists()

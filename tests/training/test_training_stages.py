@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from deepperception.config import load_profile, profile
 from deepperception.errors import ConfigError, InputDataError
 
 
@@ -11,9 +12,9 @@ def test_sft_loss_decreases_and_checkpoint_reloads(tiny_ckpt, tmp_path):
     from deepperception.eval.inference import run_inference
     from deepperception.model.loading import load_model, load_processor, read_pixel_limits
     from deepperception.model.synthetic import synthetic_bench, synthetic_sft_rows
-    from deepperception.training.sft import SFTStageConfig, train_sft
+    from deepperception.training.sft import train_sft
 
-    cfg = SFTStageConfig.profile("cpu_tiny", max_steps=6)
+    cfg = load_profile("toy", {"sft": {"max_steps": 6}}).sft
     res = train_sft(synthetic_sft_rows(8), tiny_ckpt, tmp_path / "sft", cfg)
     m = res.metrics
     assert m["steps"] == 6 and len(m["train_losses"]) == 6
@@ -35,9 +36,9 @@ def test_sft_frozen_vision_weights_unchanged(tiny_ckpt, tmp_path):
 
     from deepperception.model.loading import load_model
     from deepperception.model.synthetic import synthetic_sft_rows
-    from deepperception.training.sft import SFTStageConfig, train_sft
+    from deepperception.training.sft import train_sft
 
-    res = train_sft(synthetic_sft_rows(4), tiny_ckpt, tmp_path / "sft", SFTStageConfig.profile("cpu_tiny", max_steps=1))
+    res = train_sft(synthetic_sft_rows(4), tiny_ckpt, tmp_path / "sft", load_profile("toy", {"sft": {"max_steps": 1}}).sft)
     a, b = load_model(tiny_ckpt).state_dict(), load_model(res.checkpoint_dir).state_dict()
     vis = [k for k in a if ".visual." in k or k.startswith("visual.") or "model.visual" in k]
     assert vis and all(torch.equal(a[k], b[k]) for k in vis)
@@ -47,18 +48,18 @@ def test_sft_frozen_vision_weights_unchanged(tiny_ckpt, tmp_path):
 def test_sft_rejects_bad_rows(tiny_ckpt, tmp_path):
     import pyarrow as pa
 
-    from deepperception.training.sft import SFTStageConfig, train_sft
+    from deepperception.training.sft import train_sft
     t = pa.Table.from_pylist([{"question_id": "a", "messages": "{not json", "images": [b""]}])
     with pytest.raises(InputDataError, match="row=a field=messages"):
-        train_sft(t, tiny_ckpt, tmp_path, SFTStageConfig.profile("cpu_tiny"))
+        train_sft(t, tiny_ckpt, tmp_path, profile("toy").sft)
 
 
 def test_grpo_two_steps(tiny_ckpt, tmp_path):
     from deepperception.model.loading import load_model
     from deepperception.model.synthetic import synthetic_grpo_rows
-    from deepperception.training.grpo import GRPOStageConfig, train_grpo
+    from deepperception.training.grpo import train_grpo
 
-    cfg = GRPOStageConfig.profile("cpu_tiny", beta=0.04)
+    cfg = load_profile("toy", {"grpo": {"max_steps": 2, "beta": 0.04}}).grpo
     res = train_grpo(synthetic_grpo_rows(4), tiny_ckpt, tmp_path / "grpo", cfg)
     m = res.metrics
     assert m["steps"] == 2 and len(m["reward"]) == 2 and len(m["kl"]) == 2
@@ -68,22 +69,20 @@ def test_grpo_two_steps(tiny_ckpt, tmp_path):
 
 
 def test_grpo_config_validation_names_fields():
-    from deepperception.training.grpo import GRPOStageConfig
     with pytest.raises(ValueError, match="per_device_train_batch_size.*gradient_accumulation_steps.*num_generations"):
-        GRPOStageConfig.profile("cpu_tiny", per_device_train_batch_size=2, num_generations=4)
-    p = GRPOStageConfig.profile("paper")
+        load_profile("toy", {"grpo": {"per_device_train_batch_size": 2, "num_generations": 4}})
+    p = profile("paper").grpo
     assert (p.learning_rate, p.num_generations, p.max_completion_length, p.beta, p.image_max_pixels) == (
         1e-6, 4, 512, 0.04, 401408)
     from deepperception.training.common import resolve_deepspeed
 
     assert p.deepspeed and json.load(open(resolve_deepspeed(p.deepspeed)))["zero_optimization"]["stage"] == 3
     with pytest.raises(ConfigError):
-        GRPOStageConfig.profile("nope")  # type: ignore[arg-type]
+        load_profile("nope")
 
 
 def test_sft_paper_profile():
-    from deepperception.training.sft import SFTStageConfig
-    p = SFTStageConfig.profile("paper")
+    p = profile("paper").sft
     assert (p.learning_rate, p.num_train_epochs, p.lr_scheduler_type, p.warmup_ratio, p.bf16,
             p.per_device_train_batch_size, p.freeze_vision_tower, p.freeze_projector) == (
         5e-6, 1.0, "cosine", 0.1, True, 2, True, True)
