@@ -48,22 +48,31 @@ def _announce_server(info) -> None:
 
 @app.command()
 def reproduce(
-    profile: str = typer.Option("demo", help="Config profile: toy, demo or paper."),
+    profile: str = typer.Option("demo", help="Profile: a shipped name (`deepperception profiles` lists them) or the "
+                                "path of your own YAML profile file (it may `extends:` a shipped one)."),
     store: Optional[str] = StoreOpt,
     s3_endpoint: Optional[str] = EndpointOpt,
     force: list[str] = typer.Option([], "--force", help="Recompute this stage (and what depends on it); repeatable."),
-    config_file: Optional[str] = typer.Option(None, "--config", help="JSON/YAML file overriding the profile."),
+    config_file: Optional[str] = typer.Option(None, "--config", help="JSON/YAML file of overrides, deep-merged onto "
+                                              "the profile."),
+    assignments: list[str] = typer.Option([], "--set", metavar="KEY.PATH=VALUE", help="Override one setting, the "
+                                          "value read as YAML (e.g. --set grpo.beta=0.02 --set comparison.direct_sft="
+                                          "true); repeatable, applied after --config."),
     repair: bool = typer.Option(False, "--repair", help="recompute a reused version whose files fail verification"),
 ) -> None:
     """Run the full reproduction flow (data engine -> SFT -> RL filter -> GRPO -> eval -> report).
+
+    Settings: the profile, then --config, then each --set, deep-merged in that order and
+    validated in full before anything runs.
 
     Without PREFECT_API_URL a local Prefect server is started for the run and stopped with it
     (killed by the kernel even if this process is SIGKILLed); with it, that server is used.
     """
     # Validate everything before any side effect: a bad value must never commit an artifact.
-    from deepperception.config import load_config
+    from deepperception.config import _deep_merge, load_config, parse_set, read_overrides
 
-    cfg = load_config(profile, config_file)
+    load_config(profile, config_file, assignments)
+    overrides = _deep_merge(read_overrides(config_file) if config_file else {}, parse_set(assignments))
     # The endpoint travels in the environment (tasks, and workers, build their clients from it);
     # the store URI is a flow parameter, visible in the Prefect UI.
     if s3_endpoint:
@@ -79,11 +88,53 @@ def reproduce(
 
         if not debug_enabled():
             hide_console_tracebacks()  # a failed stage ends in our one `error:` line instead
-        result = reproduce_flow(config=cfg, store_uri=store, force_stages=list(force))
+        result = reproduce_flow(profile=profile, overrides=overrides or None, store_uri=store,
+                                force_stages=list(force))
     typer.echo("")
     typer.echo(f"report (markdown): {result['report_markdown']}")
     typer.echo(f"report (json):     {result['report_json']}")
     typer.echo(f"report artifact:   {result['report']}")
+
+
+profiles_app = typer.Typer(cls=ErrorHandlingGroup, no_args_is_help=False, invoke_without_command=True,
+                           help="The shipped profiles (deepperception/profiles/*.yaml).")
+app.add_typer(profiles_app, name="profiles")
+
+
+@profiles_app.callback()
+def _profiles(ctx: typer.Context) -> None:
+    """List the shipped profiles with their one-line descriptions (`profiles show NAME` prints one)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from deepperception.config import profile_chain, profile_description, shipped_profiles
+
+    names = list(shipped_profiles())
+    width = max(map(len, names))
+    for name in names:
+        chain = [n for n, *_ in profile_chain(name)]
+        parent = f" (extends {chain[-2]})" if len(chain) > 1 else ""
+        typer.echo(f"{name:<{width}}  {profile_description(name)}{parent}")
+    typer.echo("\nshow one fully resolved: deepperception profiles show NAME; run: deepperception reproduce "
+               "--profile NAME [--config FILE] [--set key.path=value ...]")
+
+
+@profiles_app.command("show")
+def profiles_show(
+    name: str = typer.Argument(..., help="A shipped profile name or the path of a YAML profile file."),
+    config_file: Optional[str] = typer.Option(None, "--config", help="JSON/YAML overrides to apply first."),
+    assignments: list[str] = typer.Option([], "--set", metavar="KEY.PATH=VALUE", help="Overrides, as for reproduce."),
+) -> None:
+    """Print the fully resolved config of a profile (with any overrides) as YAML: every field,
+    defaults included, exactly what `reproduce` would run."""
+    import yaml
+
+    from deepperception.config import load_config, profile_chain
+
+    cfg = load_config(name, config_file, assignments)
+    chain = " -> ".join(["field defaults", *(str(n) for n, *_ in profile_chain(name))])
+    typer.echo(f"# {cfg.profile}: {chain}" + (f" + {config_file}" if config_file else "")
+               + (" + --set" if assignments else ""))
+    typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, width=120).rstrip())
 
 
 @app.command("prefect-check", hidden=True)

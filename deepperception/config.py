@@ -390,7 +390,7 @@ def shipped_profiles() -> dict[str, Path]:
     >>> {"toy", "demo", "paper"} <= set(shipped_profiles())
     True
     """
-    return {p.stem: p for p in sorted(PROFILES_DIR.glob("*.yaml"))}
+    return {p.stem: p for p in sorted(PROFILES_DIR.glob("*.yaml"), key=lambda p: p.stem)}
 
 
 def _profile_path(ref: str, relative_to: Path | None = None) -> tuple[str, Path]:

@@ -127,3 +127,89 @@ def test_artifacts_files_lists_every_part_for_other_readers(tmp_path):
     assert duckdb.sql(f"select sum(q) from read_parquet({paths!r})").fetchall() == [(21,)]
     res = CliRunner().invoke(app, ["artifacts", "files", str(ref), "--table", "nope", "--store", str(tmp_path / "s")])
     assert res.exit_code == 2 and "no table 'nope'" in res.output
+
+
+def test_profiles_lists_every_shipped_file_with_its_description():
+    from deepperception.config import profile_description, shipped_profiles
+
+    res = CliRunner().invoke(app, ["profiles"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    for name in shipped_profiles():
+        assert any(ln.startswith(name + " ") and profile_description(name) in ln for ln in lines), (name, res.output)
+    assert any(ln.startswith("paper-0.85 ") and ln.endswith("(extends paper)") for ln in lines)
+
+
+def test_profiles_show_prints_the_resolved_config_with_overrides(tmp_path):
+    import yaml
+
+    from deepperception.config import load_profile
+
+    over = tmp_path / "over.yaml"
+    over.write_text("grpo: {beta: 0.06, learning_rate: 2.0e-6}\n")
+    res = CliRunner().invoke(app, ["profiles", "show", "paper-0.85", "--config", str(over), "--set", "grpo.beta=0.02"])
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines()[0].startswith("# paper-0.85: field defaults -> paper -> paper-0.85 + ")
+    shown = yaml.safe_load(res.output)
+    want = load_profile("paper-0.85", {"grpo": {"beta": 0.02, "learning_rate": 2e-6}}).model_dump(mode="json")
+    assert shown == want and shown["grpo"]["iou_threshold"] == 0.85 and shown["grpo"]["beta"] == 0.02
+
+
+def _fake_reproduce(monkeypatch, tmp_path):
+    import contextlib
+
+    import flows.reproduce
+    from deepperception import prefect_server
+    from deepperception.prefect_server import ServerInfo
+
+    seen = {}
+
+    @contextlib.contextmanager
+    def fake_api():
+        yield ServerInfo(api_url="http://127.0.0.1:1/api", pid=None, log=tmp_path / "log", pid_file=None)
+
+    def fake_flow(profile, overrides, store_uri, force_stages):
+        seen.update(profile=profile, overrides=overrides, store=store_uri, force=force_stages)
+        return {"report_markdown": "r.md", "report_json": "r.json", "report": "report@x"}
+
+    monkeypatch.setattr(prefect_server, "prefect_api", fake_api)
+    monkeypatch.setattr(flows.reproduce, "reproduce", fake_flow)
+    return seen
+
+
+def test_reproduce_passes_profile_and_merged_overrides_to_the_flow(monkeypatch, tmp_path):
+    seen = _fake_reproduce(monkeypatch, tmp_path)
+    over = tmp_path / "over.yaml"
+    over.write_text("grpo: {beta: 0.06, max_steps: 3}\n")
+    res = CliRunner().invoke(app, ["reproduce", "--profile", "toy", "--config", str(over), "--set", "grpo.beta=0.02",
+                                   "--set", "comparison.direct_sft=true", "--store", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    # --set is applied after --config
+    assert seen["profile"] == "toy" and seen["overrides"] == {"grpo": {"beta": 0.02, "max_steps": 3},
+                                                              "comparison": {"direct_sft": True}}
+    assert "report artifact:   report@x" in res.output
+
+
+def test_reproduce_takes_a_profile_file(monkeypatch, tmp_path):
+    seen = _fake_reproduce(monkeypatch, tmp_path)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("extends: toy\nsft: {max_steps: 1}  # quicker\n")
+    res = CliRunner().invoke(app, ["reproduce", "--profile", str(mine), "--store", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    assert seen["profile"] == str(mine) and seen["overrides"] is None
+
+
+def test_reproduce_refuses_bad_settings_in_one_line_naming_the_key_path(monkeypatch, tmp_path):
+    seen = _fake_reproduce(monkeypatch, tmp_path)
+    runner = CliRunner()
+    for args, needle in [
+        (["--set", "grpo.betta=0.02"], "error: --set (profile toy): grpo.betta: unknown setting"),
+        (["--set", "grpo.beta=fast"], "error: --set (profile toy): grpo.beta: Input should be a valid number"),
+        (["--set", "grpo.beta"], "error: --set 'grpo.beta': expected key.path=value"),
+        (["--set", "grpo.beta=[1,"], "error: --set grpo.beta: value '[1,' does not parse as YAML"),
+        (["--profile", "tiny"], "error: unknown profile 'tiny'; shipped profiles: ablation-direct-sft, demo, paper"),
+    ]:
+        res = runner.invoke(app, ["reproduce", *(["--profile", "toy"] if args[0] != "--profile" else []), *args])
+        assert res.exit_code == 2, (args, res.output)
+        assert str(res.exception).startswith(needle) and "\n" not in str(res.exception), (args, str(res.exception))
+    assert seen == {}  # nothing ran

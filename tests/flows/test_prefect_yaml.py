@@ -1,5 +1,6 @@
 """prefect.yaml deploys for real: `prefect deploy --all` against the test server creates every
-deployment, on the right pool, with the nightly cron schedule and typed parameter schemas."""
+deployment, on the right pool, with the nightly cron schedule and typed parameter schemas; the
+full reproduction's form is a profile plus overrides."""
 
 import os
 import subprocess
@@ -48,6 +49,7 @@ def test_prefect_deploy_all(prefect_harness, tmp_path):
         assert nightly.parameters["checkpoint"] == "grpo-checkpoint@latest"
         full = deployments["full-reproduction"]
         assert full.work_pool_name == "cpu"
-        # The UI form is built from the typed config: its schema names the stage configs.
+        # The UI form: a profile plus a mapping of overrides (not the whole config to re-enter).
         props = full.parameter_openapi_schema["properties"]
-        assert "config" in props and "force_stages" in props
+        assert {"profile", "overrides", "force_stages"} <= set(props)
+        assert full.parameters == {"profile": "paper", "overrides": {}, "dispatch": "deployments"}
