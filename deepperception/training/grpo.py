@@ -8,14 +8,14 @@ rollouts (no vLLM), one update per batch (no clipping in effect).
 Mapping to TRL 1.16 (checked against its source):
 
 * TRL's ``per_device_train_batch_size`` counts **completions**, the official trainer's counts
-  prompts. Official per GPU: 1 prompt x 4 generations x 2 accumulation steps, so the ``paper``
-  profile uses ``per_device_train_batch_size=4, gradient_accumulation_steps=2, num_generations=4``
+  prompts. Official per GPU: 1 prompt x 4 generations x 2 accumulation steps, so the field
+  defaults are ``per_device_train_batch_size=4, gradient_accumulation_steps=2, num_generations=4``
   (= 16 prompts / 64 completions per optimizer step on 8 GPUs, as the official run).
 * ``loss_type="grpo"`` is the official per-sequence token mean then batch mean; advantages are
   ``(r - mean) / (std + 1e-4)`` with unbiased std in both (``scale_rewards="group"``); KL is the k3
   estimator in both. TRL's defaults differ (``loss_type="dapo"``, ``beta=0``), so both are explicit.
 * Rollout sampling: the official trainer built ``GenerationConfig(do_sample=True, temperature=1)``
-  under transformers 4.49, whose unset ``top_k`` defaulted to 50, so ``paper`` uses ``top_k=50``
+  under transformers 4.49, whose unset ``top_k`` defaulted to 50, so the default is ``top_k=50``
   (*inferred*, not logged by the authors). TRL suppresses ``<|image_pad|>`` in rollouts.
 * TRL 1.16 has no ``max_prompt_length`` (official 1024, whose truncation was a latent no-op), so
   there is no such field.
@@ -27,7 +27,7 @@ Input rows (``pyarrow.Table``): ``question_id``, ``image`` (struct ``{bytes, pat
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -36,7 +36,7 @@ from deepperception.prompts import grounding_messages
 from deepperception.images import decode_image
 from deepperception.tables import require_columns
 from deepperception.training.common import (
-    DEFAULT_ZERO3, resolve_deepspeed, train_dtype,
+    resolve_deepspeed, train_dtype,
     Timer, TrainResult, loss_metrics, write_stage_json, default_work_dir, train_resumable,
 )
 from deepperception.training.preflight import (
@@ -114,30 +114,6 @@ class GRPOStageConfig(BaseModel):
     def reward(self) -> RewardConfig:
         return RewardConfig(iou_threshold=self.iou_threshold, format_mode=self.format_mode, iou_kind=self.iou_kind)
 
-    @classmethod
-    def profile(cls, name: Literal["paper", "cpu_tiny"], **overrides: Any) -> "GRPOStageConfig":
-        """``paper``: official §4.4 values on 8 GPUs. ``cpu_tiny``: 2 prompts x 2 generations per step,
-        short completions, fp32 on CPU.
-
-        >>> GRPOStageConfig.profile("paper").beta
-        0.04
-        >>> GRPOStageConfig.profile("cpu_tiny", num_generations=3)
-        Traceback (most recent call last):
-        ...
-        pydantic_core._pydantic_core.ValidationError: 1 validation error for GRPOStageConfig
-        ...
-        """
-        if name == "paper":
-            base: dict[str, Any] = dict(deepspeed=DEFAULT_ZERO3, world_size=8)
-        elif name == "cpu_tiny":
-            base = dict(learning_rate=1e-4, max_steps=2, per_device_train_batch_size=4, gradient_accumulation_steps=1,
-                        num_generations=2, max_completion_length=16, top_k=0, bf16=False, use_cpu=True,
-                        image_min_pixels=None, image_max_pixels=None, seed=0)
-        else:
-            raise ConfigError(f"unknown GRPO profile {name!r}; expected 'paper' or 'cpu_tiny'")
-        base.update(overrides)
-        return cls(**base)
-
 
 def _dataset(rows, stage: str = "grpo"):
     from datasets import Dataset
@@ -178,13 +154,13 @@ def train_grpo(rows, ckpt_dir: str | Path, out_dir: str | Path, cfg: GRPOStageCo
 
     from deepperception.model.loading import load_model, load_processor, read_size, save_processor, set_pixel_limits
     from deepperception.training.checkpoints import (
-        fingerprint, make_checkpoint_callback, prepare_work_dir, published_steps, tidy_work_dir,
+        fingerprint, make_checkpoint_callback, prepare_work_dir, published_steps, resumable, tidy_work_dir,
     )
     from deepperception.training.monitors import (
         Thresholds, grpo_rows, make_health_callback, monitored_reward_funcs, public_rows, summarize,
     )
 
-    cfg = cfg or GRPOStageConfig.profile("paper")
+    cfg = cfg or GRPOStageConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model_class = check_model_class(ckpt_dir)
@@ -221,7 +197,7 @@ def train_grpo(rows, ckpt_dir: str | Path, out_dir: str | Path, cfg: GRPOStageCo
     reward_funcs = make_reward_funcs(cfg.reward)
     reward_names = [f.__name__ for f in reward_funcs]
     thresholds = Thresholds()
-    trainer = GRPOTrainer(model=model, reward_funcs=monitored_reward_funcs(reward_funcs, thresholds), args=args,
+    trainer = resumable(GRPOTrainer)(model=model, reward_funcs=monitored_reward_funcs(reward_funcs, thresholds), args=args,
                           train_dataset=ds, processing_class=processor,
                           callbacks=[make_checkpoint_callback(work, cfg.save_steps, cfg.resume_steps, processor),
                                      make_health_callback(reward_names, thresholds)])

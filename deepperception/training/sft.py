@@ -3,8 +3,8 @@
 The official stage is LLaMA-Factory full fine-tuning of Qwen2-VL-7B-Instruct
 (``qwen2vl_cot_sft.yaml``, official-code.md §4.2): lr 5e-6, 1 epoch, cosine, warmup 0.1, bf16,
 batch 2 per device x 8 GPUs, ZeRO-3, vision tower and projector frozen, ``image_max_pixels``
-401408, ``cutoff_len`` 4096. :meth:`SFTStageConfig.profile` ``"paper"`` reproduces those settings;
-``"cpu_tiny"`` is the CI/demo profile for the tiny model.
+401408, ``cutoff_len`` 4096. Those are the field defaults of :class:`SFTStageConfig`; the ``paper``
+profile (``deepperception/profiles/paper.yaml``) adds ZeRO-3, ``toy``/``demo`` the tiny model's CPU settings.
 
 Input rows (``pyarrow.Table``): ``question_id``, ``messages`` (JSON string of TRL conversational
 messages whose user turn has a ``{"type": "image"}`` part), ``images`` (``list<binary>`` PNG bytes,
@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from deepperception.errors import ConfigError, InputDataError
+from deepperception.errors import InputDataError
 from deepperception.images import decode_image
 from deepperception.tables import require_columns
 from deepperception.training.targets import SFTTarget, apply_target
 from deepperception.training.common import (
-    DEFAULT_ZERO3, resolve_deepspeed, train_dtype, default_work_dir, train_resumable,
+    resolve_deepspeed, train_dtype, default_work_dir, train_resumable,
     Timer, TrainResult, freeze_vision, loss_metrics, write_stage_json,
 )
 from deepperception.training.preflight import (
@@ -73,27 +73,6 @@ class SFTStageConfig(BaseModel):
     target: SFTTarget = Field("cot", description="cot: reasoning then answer (CoT-SFT); direct: the answer alone, "
                               "the paper's direct fine-tuning ablation on the same rows.")
 
-    @classmethod
-    def profile(cls, name: Literal["paper", "cpu_tiny"], **overrides: Any) -> "SFTStageConfig":
-        """``paper``: official §4.2 values. ``cpu_tiny``: a few fast fp32 CPU steps with a high LR so the
-        tiny random model visibly learns.
-
-        >>> SFTStageConfig.profile("paper").learning_rate
-        5e-06
-        >>> SFTStageConfig.profile("cpu_tiny", max_steps=3).max_steps
-        3
-        """
-        if name == "paper":
-            base: dict[str, Any] = dict(deepspeed=DEFAULT_ZERO3)
-        elif name == "cpu_tiny":
-            base = dict(learning_rate=2e-3, max_steps=8, per_device_train_batch_size=4, warmup_ratio=0.0,
-                        lr_scheduler_type="constant", bf16=False, use_cpu=True, activation_checkpointing=False,
-                        max_length=None, image_max_pixels=None, seed=0)
-        else:
-            raise ConfigError(f"unknown SFT profile {name!r}; expected 'paper' or 'cpu_tiny'")
-        base.update(overrides)
-        return cls(**base)
-
 
 def _dataset(rows, stage: str = "sft", target: SFTTarget = "cot"):
     from datasets import Dataset
@@ -129,7 +108,9 @@ def _image_counting_trainer():
     reads the batch only, so the loss and the weights are unchanged."""
     from trl import SFTTrainer
 
-    class ImageCountingSFTTrainer(SFTTrainer):
+    from deepperception.training.checkpoints import resumable
+
+    class ImageCountingSFTTrainer(resumable(SFTTrainer)):
         image_token_id: int | None = None
 
         def training_step(self, *args, **kwargs):
@@ -160,7 +141,7 @@ def train_sft(rows, base_ckpt_dir: str | Path, out_dir: str | Path, cfg: SFTStag
     )
     from deepperception.training.monitors import sft_rows
 
-    cfg = cfg or SFTStageConfig.profile("paper")
+    cfg = cfg or SFTStageConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model_class = check_model_class(base_ckpt_dir)
