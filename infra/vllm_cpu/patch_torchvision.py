@@ -8,6 +8,7 @@ So: move ``_C.so`` aside (``_C.so.cuda-disabled``, reversible) and apply the two
 decorators only when ``torchvision.extension._has_ops()``.
 
 Idempotent. Exit status 0: nothing to change; 10: changed something (printed); 1: not found.
+``python patch_torchvision.py [TORCHVISION_DIR]``.
 Locates torchvision with ``importlib.util.find_spec`` (no import, which would fail before the fix).
 """
 
@@ -27,12 +28,20 @@ GUARDED = {
 }
 
 
-def main() -> int:
+def torchvision_dir() -> Path | None:
+    """The installed ``torchvision`` package directory, found without importing it."""
     spec = importlib.util.find_spec("torchvision")
     if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def patch(pkg: Path | None = None) -> int:
+    """Apply both fixes to the torchvision package directory ``pkg`` (default: the installed one)."""
+    pkg = pkg or torchvision_dir()
+    if pkg is None:
         print("[vllm-cpu] torchvision not installed", file=sys.stderr)
         return 1
-    pkg = Path(list(spec.submodule_search_locations)[0])
     changed = False
     for so in sorted(pkg.glob("_C*.so")):
         so.rename(so.with_name(so.name + ".cuda-disabled"))
@@ -59,4 +68,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(patch(Path(sys.argv[1]) if len(sys.argv) > 1 else None))
