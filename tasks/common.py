@@ -61,11 +61,22 @@ def require_input_rows(store: ArtifactStore, ref: ArtifactRef, consumer: str, ta
     return n
 
 
-def checkpoint_dir(store: ArtifactStore, ref: ArtifactRef) -> Path:
+def checkpoint_dir(store: ArtifactStore, ref: ArtifactRef, step: int | None = None) -> Path:
     """Local directory of a checkpoint artifact: an external directory recorded by reference
-    (a 7B checkpoint is not copied into the store) or the materialised files of a stored one."""
+    (a 7B checkpoint is not copied into the store) or the materialised files of a stored one.
+
+    ``step``: one of the intermediate checkpoints a training stage published (its metadata's
+    ``checkpoints`` list, files under ``checkpoints/step-NNNNNN/``); ``None`` is the final one."""
     manifest = store.manifest(ref)
     external = manifest.metadata.get("external_path")
+    if step is not None:
+        from deepperception.training.checkpoints import step_prefix
+
+        steps = list(manifest.metadata.get("checkpoints") or [])
+        if external or step not in steps:
+            raise ArtifactError(f"checkpoint {ref} has no published step {step} (published steps: {steps or 'none'}; "
+                                f"training stages publish every save_steps)")
+        return store.materialize(ref, prefix=step_prefix(step))
     if external:
         path = Path(external)
         if not (path / "config.json").is_file():
@@ -107,3 +118,16 @@ def resolve_ref(store: ArtifactStore, text: str) -> ArtifactRef:
     if not store.exists(ref):
         raise ArtifactError(f"artifact {ref} does not exist in store {store.uri}")
     return ref
+
+
+def resolve_checkpoint_ref(store: ArtifactStore, text: str) -> tuple[ArtifactRef, int | None]:
+    """``name@version[#step=N]`` (version may be ``latest``) -> ``(committed ref, step or None)``;
+    pass both to :func:`checkpoint_dir`. The step syntax is read by
+    :func:`deepperception.training.checkpoints.parse_step_ref` only."""
+    from deepperception.training.checkpoints import parse_step_ref
+
+    ref_text, step = parse_step_ref(text)
+    ref = resolve_ref(store, ref_text)
+    if step is not None and step not in (store.manifest(ref).metadata.get("checkpoints") or []):
+        checkpoint_dir(store, ref, step)  # raises, naming the published steps
+    return ref, step

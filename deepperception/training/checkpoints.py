@@ -18,7 +18,7 @@ Layout of a work directory::
 
     fingerprint.json        what the checkpoints belong to (a mismatch wipes the directory)
     trainer/checkpoint-N/   the newest complete resume point (HF Trainer layout + COMPLETE)
-    published/step-00000N/  model-only copies of the save_steps multiples
+    published/step-00000N/  model-only copies of the save_steps multiples (renamed into place whole)
 
 The work directory is keyed by the stage's artifact version in the task (same inputs, config
 and code), and :func:`prepare_work_dir` additionally refuses checkpoints of anything else.
@@ -158,7 +158,7 @@ def published_steps(work: Path) -> dict[int, Path]:
     out = {}
     for p in d.iterdir():
         m = re.fullmatch(r"step-(\d+)", p.name)
-        if m and (p / COMPLETE).is_file():
+        if m and p.is_dir():
             out[int(m.group(1))] = p
     return dict(sorted(out.items()))
 
@@ -183,8 +183,7 @@ def publish_model_copy(ckpt: Path, dest: Path, processor=None) -> Path:
         from deepperception.model.loading import save_processor
 
         save_processor(processor, tmp)
-    (tmp / COMPLETE).write_text("")
-    shutil.rmtree(dest, ignore_errors=True)
+    shutil.rmtree(dest, ignore_errors=True)  # the rename below makes a step directory appear whole
     os.replace(tmp, dest)
     return dest
 
@@ -240,3 +239,33 @@ def tidy_work_dir(work: Path) -> None:
         trainer.rmdir()
     if not trainer.exists() and not published_steps(work):
         shutil.rmtree(work, ignore_errors=True)
+
+
+class ResumeWeightsMixin:
+    """Trainer mixin: resume the *weights* through ``from_pretrained``.
+
+    transformers 5.23's ``Trainer._load_from_checkpoint`` loads ``model.safetensors`` with a bare
+    ``load_state_dict(strict=False)``, but Qwen2-VL saves its weights under the legacy key names
+    (``visual.*``, ``model.layers.*``; ``save_pretrained`` applies the checkpoint conversion
+    mapping) while the live module has ``model.visual.*``, ``model.language_model.*``: *no* key
+    matches, a warning is logged, and the run silently continues from the pre-crash initial
+    weights with the restored optimizer. Loading the checkpoint with
+    :func:`~deepperception.model.loading.load_model` applies the mapping; its state dict then
+    loads strictly. DeepSpeed and FSDP runs resume through their own checkpoint formats, untouched.
+    """
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):  # noqa: D401 (HF hook)
+        if getattr(self, "is_deepspeed_enabled", False) or getattr(self, "is_fsdp_enabled", False):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)  # type: ignore[misc]
+        from deepperception.model.loading import load_model
+
+        target = model if model is not None else self.model  # type: ignore[attr-defined]
+        dtype = next(target.parameters()).dtype
+        saved = load_model(resume_from_checkpoint, dtype=dtype).state_dict()
+        target.load_state_dict(saved, strict=True)
+        log.info("resumed weights from %s (%d tensors)", resume_from_checkpoint, len(saved))
+
+
+def resumable(trainer_cls: type) -> type:
+    """``trainer_cls`` with :class:`ResumeWeightsMixin` (same name, for logs and model cards)."""
+    return type(trainer_cls.__name__, (ResumeWeightsMixin, trainer_cls), {})

@@ -1,0 +1,124 @@
+"""A training stage SIGKILLed midway resumes from its last complete checkpoint: the rerun of the
+same version continues the optimizer step count (global_step ends at max_steps, no step is
+trained twice), keeps the intermediate checkpoint the killed run had published, and lands on
+the weights of an uninterrupted run (CPU, float32, deterministic)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from deepperception.model.synthetic import synthetic_sft_rows
+from deepperception.store import ArtifactRef, ArtifactStore, StoreSettings
+from deepperception.store.stage import run_stage
+from deepperception.training.sft import SFTStageConfig
+from tasks.common import checkpoint_dir, register_external_checkpoint, resolve_checkpoint_ref
+from tasks.training import train_sft_task, training_work_dir
+
+MAX_STEPS, RESUME_EVERY, SAVE_EVERY, KILL_AT = 10, 3, 5, 7
+
+# The child kills itself with SIGKILL (no handler, no cleanup runs) when step KILL_AT + 1 starts:
+# a deterministic point between the resume points 6 and 9, with no race against the clock.
+CHILD = textwrap.dedent(f"""
+    import os, signal, sys
+    import transformers
+    _step = transformers.Trainer.training_step
+    def training_step(self, *a, **k):
+        if self.state.global_step == {KILL_AT}:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return _step(self, *a, **k)
+    transformers.Trainer.training_step = training_step
+    from deepperception.store import ArtifactRef
+    from deepperception.training.sft import SFTStageConfig
+    from tasks.training import train_sft_task
+    cfg = SFTStageConfig.model_validate_json(sys.argv[1])
+    train_sft_task.fn(cfg, ArtifactRef.parse(sys.argv[2]), ArtifactRef.parse(sys.argv[3]), sys.argv[4])
+""")
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    from deepperception.model.synthetic import cached_tiny_checkpoint
+    return cached_tiny_checkpoint(tmp_path_factory.getbasetemp())
+
+
+def _inputs(uri: str, tiny_ckpt) -> tuple[ArtifactRef, ArtifactRef]:
+    store = ArtifactStore(StoreSettings(uri=uri))
+    base = register_external_checkpoint(store, str(tiny_ckpt), "base-checkpoint", "base-model")
+    rows = synthetic_sft_rows(8)
+    data = run_stage(store, "sft-dataset", "build-sft", {"n": 8}, {}, lambda w: (w.write_table(rows), {})[1])[0]
+    return base, data
+
+
+def _cfg() -> SFTStageConfig:
+    from deepperception.config import load_profile
+
+    return load_profile("toy", {"sft": {"max_steps": MAX_STEPS, "per_device_train_batch_size": 2,
+                                        "resume_steps": RESUME_EVERY, "save_steps": SAVE_EVERY}}).sft
+
+
+def test_sigkilled_sft_resumes_from_last_checkpoint_and_matches_an_uninterrupted_run(tiny_ckpt, tmp_path, caplog):
+    import torch
+    from deepperception.model.loading import load_model
+
+    killed_uri, clean_uri = str(tmp_path / "killed"), str(tmp_path / "clean")
+    base, data = _inputs(killed_uri, tiny_ckpt)
+    assert _inputs(clean_uri, tiny_ckpt) == (base, data)
+    cfg = _cfg()
+    env = {**os.environ, "PYTHONPATH": str(Path.cwd())}
+    t0 = time.perf_counter()
+    child = subprocess.run([sys.executable, "-c", CHILD, cfg.model_dump_json(), str(base), str(data), killed_uri],
+                           env=env, capture_output=True, timeout=300)
+    killed_s = time.perf_counter() - t0
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-3000:]
+
+    store = ArtifactStore(StoreSettings(uri=killed_uri))
+    assert store.latest("sft-checkpoint") is None  # nothing committed by the killed run
+    works = list((store.settings.local_cache() / "work" / store.identity / "sft-checkpoint").iterdir())
+    assert len(works) == 1
+    trainer_dir = works[0] / "trainer"
+    assert sorted(p.name for p in trainer_dir.glob("checkpoint-*")) == ["checkpoint-6"]  # older ones pruned
+    assert (works[0] / "published" / "step-000005").is_dir()
+
+    t0 = time.perf_counter()
+    with caplog.at_level(logging.WARNING):
+        resumed = train_sft_task.fn(cfg, base, data, killed_uri)
+    resume_s = time.perf_counter() - t0
+    assert "sft: resuming from step 6" in caplog.text
+    meta = store.manifest(resumed).metadata
+    m = meta["train"]
+    assert m["resumed_from_step"] == 6 and m["steps"] == MAX_STEPS
+    # The step count continued: one loss per optimizer step 1..10, the first six restored from the
+    # killed run's trainer_state, the last four trained after the resume (not ten new ones).
+    assert len(m["train_losses"]) == MAX_STEPS
+    assert meta["checkpoints"] == [5, 10]
+    assert not works[0].exists()  # resume state dropped once the version committed
+
+    t0 = time.perf_counter()
+    clean = train_sft_task.fn(cfg, base, data, clean_uri)
+    clean_s = time.perf_counter() - t0
+    assert clean == resumed  # same version id: same inputs, config and code
+    c = ArtifactStore(StoreSettings(uri=clean_uri)).manifest(clean).metadata["train"]
+    assert c["resumed_from_step"] is None and c["steps"] == MAX_STEPS
+    # Restored RNG, data order and optimizer state: the resumed losses equal the uninterrupted ones.
+    assert m["train_losses"] == c["train_losses"], (m["train_losses"], c["train_losses"])
+    a = load_model(checkpoint_dir(store, resumed)).state_dict()
+    b = load_model(checkpoint_dir(ArtifactStore(StoreSettings(uri=clean_uri)), clean)).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # A published step is selectable by the one ref syntax and reloads.
+    ref, step = resolve_checkpoint_ref(store, f"{resumed}#step=5")
+    d5 = checkpoint_dir(store, ref, step)
+    assert json.loads((d5 / "config.json").read_text())["model_type"] == "qwen2_vl"
+    load_model(d5)
+    print(json.dumps({"killed_child_s": round(killed_s, 2), "resume_s": round(resume_s, 2),
+                      "uninterrupted_s": round(clean_s, 2)}))
