@@ -84,7 +84,8 @@ class DataSourceConfig(_Strict):
         "synthetic", description="synthetic: the embedded procedural domain; datasets: real FGVR datasets in their "
         "own published layouts (`sources`); image_folder: the older spelling of image-folder sources (`folders`)."
     )
-    synthetic: SyntheticDomainConfig = Field(default_factory=SyntheticDomainConfig)
+    synthetic: SyntheticDomainConfig = Field(default_factory=SyntheticDomainConfig,
+                                             description="kind=synthetic: the procedural domain's categories.")
     sources: list[SourceSpec] = Field(
         default_factory=list, description="kind=datasets: one entry per bench category (fgvc-aircraft -> aircraft, "
         "stanford-cars -> car, inat2017 Reptilia -> reptilia, inat2017 Aves -> bird, food101 -> food, ...).")
@@ -134,7 +135,8 @@ class KnowledgeStageConfig(_Strict):
 
     backend: Literal["none", "openai"] = Field(
         "none", description="none: real entities get no card (use a model teacher); openai: ask an LLM endpoint.")
-    endpoint: EndpointConfig = Field(default_factory=lambda: EndpointConfig(model="Qwen2-VL-72B-Instruct"))
+    endpoint: EndpointConfig = Field(default_factory=lambda: EndpointConfig(model="Qwen2-VL-72B-Instruct"),
+                                     description="backend=openai: the LLM that writes the cards.")
     max_failure_rate: float = Field(
         0.05, ge=0, le=1, description="Largest fraction of entities that may get no card before the stage fails.")
     cache: bool = Field(True, description="Reuse cards written before for the same model, prompt and entity.")
@@ -144,35 +146,37 @@ class LabelingStageConfig(_Strict):
     backend: Literal["oracle", "openai"] = Field(
         "oracle", description="oracle: the synthetic renderer's true box; openai: a grounding VLM endpoint."
     )
-    endpoint: EndpointConfig = Field(default_factory=lambda: EndpointConfig(model="Qwen2-VL-7B-Instruct"))
+    endpoint: EndpointConfig = Field(default_factory=lambda: EndpointConfig(model="Qwen2-VL-7B-Instruct"),
+                                     description="backend=openai: the grounding VLM (the paper: Qwen2-VL-7B-Instruct).")
     box_format: Literal["qwen_0_1000", "pixels"] = Field("qwen_0_1000", description="How the labeler model answers.")
     max_failure_rate: float = Field(
         0.05, ge=0, le=1,
         description="Largest fraction of images that may get no box (HTTP error, unparsable reply) before the stage "
         "fails and commits nothing; a stage with no labeled image always fails. A version with some failures is "
         "partial: a rerun asks again for the failed images only.")
-    options: LabelConfig = Field(default_factory=LabelConfig)
+    options: LabelConfig = Field(default_factory=LabelConfig, description="Pools to label, box source, agreement IoU.")
 
 
 class DistillationStageConfig(_Strict):
     backend: Literal["template", "openai"] = Field(
         "template", description="template: offline teacher writing CoTs from knowledge cards; openai: a VLM teacher."
     )
-    endpoint: EndpointConfig = Field(default_factory=EndpointConfig)
-    temperature: float = Field(0.7, ge=0)
-    max_tokens: int = Field(1024, ge=16)
+    endpoint: EndpointConfig = Field(default_factory=EndpointConfig, description="backend=openai: the teacher endpoint "
+                                     "(the paper: Qwen2-VL-72B-Instruct).")
+    temperature: float = Field(0.7, ge=0, description="Teacher sampling temperature.")
+    max_tokens: int = Field(1024, ge=16, description="Longest teacher reply, in tokens.")
     max_failure_rate: float = Field(
         0.05, ge=0, le=1,
         description="Largest fraction of questions the teacher may fail (HTTP error, empty CoT) before the stage "
         "fails and commits nothing; a stage with no CoT always fails. A version with some failures is partial: "
         "a rerun asks again for the failed questions only.")
-    options: DistillConfig = Field(default_factory=DistillConfig)
+    options: DistillConfig = Field(default_factory=DistillConfig, description="Targets per composite, seed, concurrency.")
 
 
 class DatasetsConfig(_Strict):
     grpo_targets_per_composite: int = Field(1, ge=1, description="GRPO questions per training composite.")
     bench_questions_per_composite: int = Field(2, ge=1, description="Bench questions per held-out composite.")
-    seed: int = 0
+    seed: int = Field(0, description="Seed of the target choice for GRPO and bench questions.")
 
 
 class BaseModelConfig(_Strict):
@@ -182,13 +186,13 @@ class BaseModelConfig(_Strict):
         None, description="Path to a Qwen2-VL checkpoint directory (e.g. Qwen2-VL-7B-Instruct). None builds the tiny model."
     )
     vocab_size: int = Field(1024, ge=256, description="Tiny model: BPE vocabulary trained on the domain's text.")
-    hidden: int = Field(64, ge=16)
-    layers: int = Field(2, ge=1)
+    hidden: int = Field(64, ge=16, description="Tiny model: hidden size (a multiple of 8; 4 attention heads).")
+    layers: int = Field(2, ge=1, description="Tiny model: decoder layers.")
     # Positive and ordered here, at load time: a bad limit used to build and commit the base
     # checkpoint and only fail later, inside SFT's image resize (`math domain error`).
     image_min_pixels: int = Field(56 * 56, gt=0, description="Processor min_pixels of the tiny model.")
     image_max_pixels: int = Field(112 * 112, gt=0, description="Processor max_pixels of the tiny model.")
-    seed: int = 0
+    seed: int = Field(0, description="Tiny model: seed of its random weights (torch.manual_seed).")
 
     @model_validator(mode="after")
     def _check(self) -> "BaseModelConfig":
@@ -202,34 +206,53 @@ class BaseModelConfig(_Strict):
 
 
 class EvalStageConfig(_Strict):
-    backend: Literal["hf", "vllm"] = "hf"
-    batch_size: int = Field(16, ge=1)
+    backend: Literal["hf", "vllm"] = Field("hf", description="hf: transformers generate (the official path); vllm: "
+                                           "a vLLM engine with the same decoding.")
+    batch_size: int = Field(16, ge=1, description="Questions per generate call (left padding; same greedy text).")
     prompt_mode: Literal["r1", "baseline", "cot"] = Field("r1", description="Official DeepPerception prompt by default.")
     max_new_tokens: int = Field(1500, ge=1, description="Official: 1500.")
-    device: str = "cpu"
+    device: str = Field("cpu", description="Where the checkpoint runs (cuda on GPU workers; bf16 there).")
     n_resamples: int = Field(2000, ge=100, description="Bootstrap resamples for CIs.")
-    seed: int = 0
+    seed: int = Field(0, description="Seed of the bootstrap.")
 
 
 class ReproductionConfig(_Strict):
-    profile: str = Field("defaults", description="Name of the profile these settings came from (set by load_profile: the shipped name, or a user file's stem); defaults = the field defaults alone.")
-    data: DataSourceConfig = Field(default_factory=DataSourceConfig)
-    knowledge: KnowledgeStageConfig = Field(default_factory=KnowledgeStageConfig)
-    collection: CollectionConfig = Field(default_factory=CollectionConfig)
-    labeling: LabelingStageConfig = Field(default_factory=LabelingStageConfig)
-    compose_train: CompositionConfig = Field(default_factory=lambda: CompositionConfig(pool="train"))
-    compose_bench: CompositionConfig = Field(default_factory=lambda: CompositionConfig(pool="test"))
-    distillation: DistillationStageConfig = Field(default_factory=DistillationStageConfig)
-    filtering: FilterConfig = Field(default_factory=FilterConfig)
-    contamination: ContaminationConfig = Field(default_factory=ContaminationConfig)
-    datasets: DatasetsConfig = Field(default_factory=DatasetsConfig)
-    base_model: BaseModelConfig = Field(default_factory=BaseModelConfig)
-    sft: SFTStageConfig = Field(default_factory=SFTStageConfig)
-    rl_filter: RLFilterConfig = Field(default_factory=RLFilterConfig)
-    grpo: GRPOStageConfig = Field(default_factory=GRPOStageConfig)
-    evaluation: EvalStageConfig = Field(default_factory=EvalStageConfig)
-    comparison: ComparisonConfig = Field(default_factory=ComparisonConfig)
-    sharding: ShardingConfig = Field(default_factory=ShardingConfig)
+    profile: str = Field("defaults", description="Name of the profile these settings came from (set by "
+                         "load_profile: the shipped name, or a user file's stem); defaults = the field defaults alone.")
+    data: DataSourceConfig = Field(default_factory=DataSourceConfig,
+        description="Where entities and single-entity photos come from.")
+    knowledge: KnowledgeStageConfig = Field(default_factory=KnowledgeStageConfig,
+        description="Knowledge cards for real entities.")
+    collection: CollectionConfig = Field(default_factory=CollectionConfig,
+        description="Photos per entity and the train/test hold-out.")
+    labeling: LabelingStageConfig = Field(default_factory=LabelingStageConfig,
+        description="Pseudo boxes on single-entity photos.")
+    compose_train: CompositionConfig = Field(default_factory=lambda: CompositionConfig(pool="train"),
+        description="Multi-entity composites for training (train pool).")
+    compose_bench: CompositionConfig = Field(default_factory=lambda: CompositionConfig(pool="test"),
+        description="Multi-entity composites for the bench (test pool).")
+    distillation: DistillationStageConfig = Field(default_factory=DistillationStageConfig,
+        description="The CoT teacher.")
+    filtering: FilterConfig = Field(default_factory=FilterConfig,
+        description="Which CoTs are kept.")
+    contamination: ContaminationConfig = Field(default_factory=ContaminationConfig,
+        description="Training photos vs the bench (perceptual hashes).")
+    datasets: DatasetsConfig = Field(default_factory=DatasetsConfig,
+        description="GRPO candidates and bench questions per composite.")
+    base_model: BaseModelConfig = Field(default_factory=BaseModelConfig,
+        description="The stage-0 checkpoint.")
+    sft: SFTStageConfig = Field(default_factory=SFTStageConfig,
+        description="Stage 1: CoT-SFT.")
+    rl_filter: RLFilterConfig = Field(default_factory=RLFilterConfig,
+        description="Which GRPO candidates carry signal (1-3 of 4 correct).")
+    grpo: GRPOStageConfig = Field(default_factory=GRPOStageConfig,
+        description="Stage 2: GRPO.")
+    evaluation: EvalStageConfig = Field(default_factory=EvalStageConfig,
+        description="Scoring every checkpoint on the benches.")
+    comparison: ComparisonConfig = Field(default_factory=ComparisonConfig,
+        description="Arms, prompt modes and extra benches of the report.")
+    sharding: ShardingConfig = Field(default_factory=ShardingConfig,
+        description="How long stages split their work.")
     runner: ShardRunnerConfig = Field(
         default_factory=ShardRunnerConfig,
         description="Where shards run: threads in this process (default) or Ray (local or a cluster). Not part of any "

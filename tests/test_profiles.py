@@ -142,7 +142,8 @@ def test_unknown_profile_lists_the_shipped_ones():
 def test_unknown_key_names_the_file_and_the_key_path(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("extends: demo\ngrpo:\n  betta: 0.02  # typo\n")
-    with pytest.raises(ConfigFileError, match=r"profile file .*bad\.yaml \(profile bad\): grpo\.betta: unknown setting"):
+    with pytest.raises(ConfigFileError,
+                       match=r"profile file .*bad\.yaml \(profile bad\): grpo\.betta: unknown setting"):
         load_profile(str(bad))
     # an error in a parent names the parent, not the child
     child = tmp_path / "child.yaml"
@@ -173,7 +174,8 @@ def test_overrides_merge_before_validation_so_derived_defaults_follow():
     assert load_profile("demo", {"grpo": {"top_k": 5}}).rl_filter.top_k == 5
     assert load_profile("demo", {"grpo": {"top_k": 5}, "rl_filter": {"top_k": 3}}).rl_filter.top_k == 3
     # a partial section keeps the section's preset (the bench composes from the test pool)
-    cfg = ReproductionConfig.model_validate({"compose_bench": {"k_max": 3}, "labeling": {"endpoint": {"concurrency": 2}}})
+    cfg = ReproductionConfig.model_validate({"compose_bench": {"k_max": 3},
+                                             "labeling": {"endpoint": {"concurrency": 2}}})
     assert cfg.compose_bench.pool == "test" and cfg.labeling.endpoint.model == "Qwen2-VL-7B-Instruct"
 
 
