@@ -53,6 +53,10 @@ class SyntheticDomainConfig(BaseModel):
     entities_per_category: int = Field(
         8, ge=2, description="Entities mined per category; composites need at least 2 per category."
     )
+    min_attribute_distance: int = Field(
+        1, ge=1, description="Every two entities of a category differ in at least this many attributes (1: any two "
+        "distinct combinations). Larger values make entities easier to tell apart: fewer, more redundant cues to learn "
+        "(the CPU demo uses 2 so a tiny random-init model can learn the domain in minutes).")
     seed: int = Field(0, description="Seed for attribute combinations and names.")
 
     @model_validator(mode="after")
@@ -70,7 +74,39 @@ class SyntheticDomainConfig(BaseModel):
             cap = CATEGORIES[c].num_variants
             if self.entities_per_category > cap:
                 raise ValueError(f"category {c!r} allows at most {cap} distinct entities, asked for {self.entities_per_category}")
+            n = len(_pick_combos(CATEGORIES[c], self.seed, self.entities_per_category, self.min_attribute_distance))
+            if n < self.entities_per_category:
+                raise ValueError(f"category {c!r}: only {n} entities differ pairwise in >= {self.min_attribute_distance} "
+                                 f"attributes, asked for {self.entities_per_category}")
         return self
+
+
+def attribute_distance(a: dict, b: dict) -> int:
+    """How many attributes two entities' values differ in (Hamming distance).
+
+    >>> attribute_distance({"x": 1, "y": "a"}, {"x": 2, "y": "a"})
+    1
+    """
+    return sum(a[k] != b[k] for k in a)
+
+
+def _pick_combos(spec: CategorySpec, seed: int, n: int, min_distance: int) -> list[dict]:
+    """Up to ``n`` attribute combinations in a seeded shuffled order, each kept only if it differs
+    from every one kept before in >= ``min_distance`` attributes (greedy, deterministic).
+
+    >>> len(_pick_combos(get_category("glider"), 0, 8, 3))  # at most 6 gliders differ in 3 of 4 attributes
+    6
+    """
+    axes = list(spec.axes)
+    combos = [dict(zip(axes, values)) for values in itertools.product(*(spec.axes[a] for a in axes))]
+    rng_for("combos", seed, spec.name).shuffle(combos)
+    chosen: list[dict] = []
+    for c in combos:
+        if all(attribute_distance(c, o) >= min_distance for o in chosen):
+            chosen.append(c)
+            if len(chosen) == n:
+                break
+    return chosen
 
 
 def _distinguishing_attribute(attrs: dict, siblings: list[dict], axes: list[str]) -> str:
@@ -109,10 +145,7 @@ def mine_entities(cfg: SyntheticDomainConfig) -> list[Entity]:
     splits = [(c, "seen") for c in cfg.seen_categories] + [(c, "unseen") for c in cfg.unseen_categories]
     for category, split in splits:
         spec = get_category(category)
-        axes = list(spec.axes)
-        combos = [dict(zip(axes, values)) for values in itertools.product(*(spec.axes[a] for a in axes))]
-        rng_for("combos", cfg.seed, category).shuffle(combos)
-        chosen = combos[: cfg.entities_per_category]
+        chosen = _pick_combos(spec, cfg.seed, cfg.entities_per_category, cfg.min_attribute_distance)
         for i, attrs in enumerate(chosen):
             name = f"{next(name_iter)} {spec.noun}"
             siblings = [c for j, c in enumerate(chosen) if j != i]

@@ -11,7 +11,7 @@ target text is ``<think>{cot}</think><answer>{grounding_answer}</answer>``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Literal, Protocol, Sequence, runtime_checkable
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
@@ -94,9 +94,12 @@ class TemplateTeacher:
     name = "template"
     concurrency = 1
 
-    def __init__(self, entities: Sequence[Entity] | pa.Table) -> None:
+    def __init__(self, entities: Sequence[Entity] | pa.Table, style: "TemplateStyle" = "full") -> None:
         if isinstance(entities, pa.Table):
             entities = entities_from_table(entities)
+        if style not in ("full", "brief"):
+            raise ValueError(f"unknown template style {style!r}; expected 'full' or 'brief'")
+        self.style = style
         self.knowledge: dict[str, Entity] = {e.entity_id: e for e in entities}
 
     def _features(self, e: Entity) -> list[tuple[str, str]]:
@@ -119,6 +122,8 @@ class TemplateTeacher:
         target, tbox = known[t], boxes.format_box(request.entities[t]["box"])
         feats = [dict(self._features(e)) for e in known]
         at = lambda j: f"the {noun} at {boxes.format_box(request.entities[j]['box'])}"  # noqa: E731
+        if self.style == "brief":
+            return self._brief(target, tbox, feats, t, noun, at)
 
         lines = [
             f"Planning: I need to find the {target.name}. The image shows {len(known)} {plural}, so the category alone "
@@ -144,6 +149,52 @@ class TemplateTeacher:
         return "\n".join(lines)
 
 
+    @staticmethod
+    def _telling_axes(feats: list[dict[str, str]], t: int, most: int = 2) -> list[str]:
+        """The attributes the brief CoT looks at: greedily, the one that rules out the most other
+        entities (ties: category order) until every other entity is ruled out, padded with the
+        next differing attributes up to ``most`` for redundancy.
+
+        >>> f = [{"a": "x", "b": "y", "c": "z"}, {"a": "x", "b": "q", "c": "r"}]
+        >>> TemplateTeacher._telling_axes(f, 0)
+        ['b', 'c']
+        """
+        axes = list(feats[t])
+        others = [j for j in range(len(feats)) if j != t]
+        differing = [a for a in axes if any(feats[j].get(a) != feats[t][a] for j in others)]
+        chosen: list[str] = []
+        left = set(others)
+        while left:
+            best = max(differing, key=lambda a: (sum(feats[j].get(a) != feats[t][a] for j in left), -axes.index(a)))
+            if best in chosen or not any(feats[j].get(best) != feats[t][best] for j in left):
+                break  # identical listed features: nothing separates the rest
+            chosen.append(best)
+            left = {j for j in left if feats[j].get(best) == feats[t][best]}
+        for a in differing:
+            if len(chosen) >= most:
+                break
+            if a not in chosen:
+                chosen.append(a)
+        return sorted(chosen, key=axes.index)
+
+    def _brief(self, target: Entity, tbox: str, feats: list[dict[str, str]], t: int, noun: str, at) -> str:
+        """The same four sections in about a quarter of the tokens: which attributes to look at,
+        each entity (in the composite's reading order: first, second, ...) described by the
+        attributes that tell them apart (the perception), the target's values of those attributes
+        from its knowledge card (the knowledge), and the conclusion with the target's box. A box
+        costs ~15 tokens (Qwen2's pre-tokenizer splits digits), so only the conclusion carries one.
+        Every generation budget of the CPU demo (RL filter, GRPO, evaluation) follows the CoT's
+        length, so this is what makes the demo cheap."""
+        axes = self._telling_axes(feats, t)
+        k = len(feats)
+        nth = lambda j: _ORDINALS[j] if j < len(_ORDINALS) else f"number {j + 1}"  # noqa: E731
+        values = lambda j: _join([feats[j].get(a, "no " + a.replace("_", " ")) for a in axes])  # noqa: E731
+        lines = [f"Planning: I will compare the {_join([a.replace('_', ' ') for a in axes])} of each {noun}.",
+                 "Visual analysis: " + "; ".join(f"the {nth(j)} {noun} has {values(j)}" for j in range(k)) + ".",
+                 f"Comparison: The {target.name} has {values(t)}, as the {nth(t)} {noun} has.",
+                 f"Conclusion: The {target.name} is the {nth(t)} {noun}, at {tbox}."]
+        return "\n".join(lines)
+
     def _from_cards(self, request: CotRequest, known: list[Entity]) -> str:
         """Real entities have no structured attributes, only knowledge cards (an LLM wrote them):
         the CoT states each card's distinguishing facts, then concludes with the target's box.
@@ -166,10 +217,19 @@ class TemplateTeacher:
         return "\n".join(lines)
 
 
+TemplateStyle = Literal["full", "brief"]
+_ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth")
+
+
 class DistillConfig(BaseModel):
     """Stage options for ``distill``."""
 
     model_config = ConfigDict(extra="forbid")
+
+    template_style: TemplateStyle = Field(
+        "full", description="Template teacher only: full = every feature of every entity, then the contrasts (~360 "
+        "tokens with 2 entities); brief = the target's card, each entity's telling features, the match (~120 tokens; "
+        "the CPU demo, where every generation budget follows the CoT's length).")
 
     targets_per_composite: int = Field(1, ge=1, description="Questions (targets) per composite; capped by its entity count.")
     seed: int = Field(0, description="Seed for target choice.")
@@ -207,6 +267,8 @@ def distill(composites: pa.Table, teacher: Teacher, cfg: DistillConfig | None = 
     than ``max_failure_rate`` of the questions failed, the rest are not sent (their ``error`` says
     so): the stage fails anyway."""
     cfg = cfg or DistillConfig()
+    if isinstance(teacher, TemplateTeacher) and teacher.style != cfg.template_style:
+        teacher = TemplateTeacher(list(teacher.knowledge.values()), style=cfg.template_style)
     requests = build_requests(composites, cfg.targets_per_composite, cfg.seed)
     extra = ["attempts"] if previous is not None and "attempts" in previous.column_names else []
     kept = good_rows(previous, "question_id", ["cot", "error", "teacher_backend", "teacher_prompt", *extra],

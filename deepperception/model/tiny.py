@@ -52,10 +52,9 @@ QWEN2_VL_INSTRUCT_GENERATION = {
 }
 
 
-def _train_tokenizer(corpus: Iterable[str], vocab_size: int):
+def _bpe(corpus: Iterable[str], vocab_size: int):
+    """Byte-level BPE with Qwen2's normalizer and pre-tokenizer, trained on ``corpus`` (``tokenizers``)."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
-    from trl.chat_template_utils import qwen2_5_vl_chat_template
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
@@ -69,6 +68,14 @@ def _train_tokenizer(corpus: Iterable[str], vocab_size: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
     tok.train_from_iterator(list(corpus), trainer)
+    return tok
+
+
+def _train_tokenizer(corpus: Iterable[str], vocab_size: int):
+    from transformers import Qwen2Tokenizer
+    from trl.chat_template_utils import qwen2_5_vl_chat_template
+
+    tok = _bpe(corpus, vocab_size)
     merges = [tuple(m) for m in json.loads(tok.to_str())["model"]["merges"]]
     t = Qwen2Tokenizer(vocab=tok.get_vocab(), merges=merges, unk_token=None, bos_token=None,
                        eos_token="<|im_end|>", pad_token="<|endoftext|>")
@@ -77,6 +84,16 @@ def _train_tokenizer(corpus: Iterable[str], vocab_size: int):
     # template, which is what makes assistant_only_loss work.
     t.chat_template = qwen2_5_vl_chat_template
     return t
+
+
+def corpus_vocab_size(corpus: Iterable[str]) -> int:
+    """The largest BPE vocabulary ``corpus`` (plus :data:`BASE_CORPUS`) supports: byte alphabet +
+    Qwen's special tokens + every merge the corpus has. A ``vocab_size`` above it is never reached.
+
+    >>> corpus_vocab_size([]) == corpus_vocab_size(["You are a helpful assistant."])  # already in BASE_CORPUS
+    True
+    """
+    return _bpe(BASE_CORPUS + list(corpus), 1 << 20).get_vocab_size()
 
 
 def build_tiny_qwen2vl(
@@ -93,6 +110,7 @@ def build_tiny_qwen2vl(
     image_min_pixels: int = 56 * 56,
     image_max_pixels: int = 112 * 112,
     seed: int = 0,
+    exact_vocab: bool = False,
 ) -> Path:
     """Write a tiny random-weight Qwen2-VL checkpoint to ``out_dir`` and return its path.
 
@@ -103,6 +121,11 @@ def build_tiny_qwen2vl(
 
     Deterministic for a given ``(corpus, sizes, seed)``: BPE training is deterministic and the
     weights come from ``torch.manual_seed(seed)``.
+
+    ``vocab_size`` is what BPE aims for; it stops early when every word of the corpus is already
+    one token, so a small corpus gives a smaller vocabulary (:func:`corpus_vocab_size` says how
+    large). ``exact_vocab=True`` (the pipeline's base-model stage) raises ``ConfigError`` instead of
+    silently building a model whose configured vocabulary is mostly unused.
 
     ``generation_config.json`` copies Qwen2-VL-7B-Instruct's decoding (``do_sample=True, top_k=1,
     top_p=0.001, temperature=0.1, repetition_penalty=1.05``), i.e. greedy with a 1.05 repetition
@@ -124,6 +147,10 @@ def build_tiny_qwen2vl(
     out.mkdir(parents=True)
 
     tok = _train_tokenizer(BASE_CORPUS + list(corpus), vocab_size)
+    if exact_vocab and len(tok) < vocab_size:
+        raise ConfigError(f"vocab_size {vocab_size}: the tokenizer corpus ({len(corpus)} texts) supports only "
+                          f"{len(tok)} BPE tokens (every word is already one token); set vocab_size <= {len(tok)} "
+                          f"or give the corpus more distinct text")
     ids = {s: tok.convert_tokens_to_ids(s) for s in SPECIALS}
 
     # M-RoPE: sum(mrope_section) must equal head_dim / 2; Qwen2-VL's 7B uses [16, 24, 24] of 64.

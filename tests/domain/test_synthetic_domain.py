@@ -120,3 +120,26 @@ def test_table_errors_name_row_and_field(entities):
     bad_split = table.set_column(3, "split", pa.array(["seen", "seen", "maybe"]))
     with pytest.raises(InputDataError, match=r"row=2 field=split"):
         entities_from_table(bad_split)
+
+
+@pytest.mark.parametrize("distance", [2, 3])
+def test_min_attribute_distance_holds_for_every_pair(distance):
+    from deepperception.domain.synthetic import attribute_distance
+
+    cfg = SyntheticDomainConfig(entities_per_category=4, min_attribute_distance=distance)
+    ents = mine_entities(cfg)
+    assert len(ents) == 6 * 4
+    for _, group in itertools.groupby(ents, key=lambda e: e.category):
+        group = list(group)
+        for a, b in itertools.combinations(group, 2):
+            assert attribute_distance(a.attributes, b.attributes) >= distance, (a.name, b.name)
+    assert mine_entities(cfg) == ents
+
+
+def test_default_distance_keeps_the_original_domain(entities):
+    assert mine_entities(SyntheticDomainConfig(min_attribute_distance=1)) == entities
+
+
+def test_impossible_distance_is_refused_at_config_time():
+    with pytest.raises(ValidationError, match="differ pairwise in >= 3 attributes"):
+        SyntheticDomainConfig(entities_per_category=8, min_attribute_distance=3)

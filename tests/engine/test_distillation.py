@@ -141,3 +141,48 @@ def test_a_refused_teacher_reply_keeps_the_rule_that_refused_it(composites):
         cot = distill(composites.slice(0, 2), teacher, DistillConfig(targets_per_composite=1)).to_pylist()
     assert len(cot) == 2 and all(r["cot"] is None for r in cot)
     assert {r["error_reason"] for r in cot} == {"invalid_cot:no_target_box"}
+
+
+def test_brief_template_names_the_telling_features_and_passes_the_filter(composites, entities):
+    from deepperception.engine.filtering import filter_cot
+
+    full = distill(composites, TemplateTeacher(entities), DistillConfig(targets_per_composite=2, seed=0))
+    brief = distill(composites, TemplateTeacher(entities), DistillConfig(targets_per_composite=2, seed=0,
+                                                                          template_style="brief"))
+    assert brief.column("question_id").to_pylist() == full.column("question_id").to_pylist()
+    kept, rejected = filter_cot(brief)
+    assert rejected.num_rows == 0 or set(rejected.column("reason").to_pylist()) <= {"duplicate_cot"}
+    by_id = {e.entity_id: e for e in entities}
+    comp = {r["composite_id"]: r for r in composites.drop_columns(["image"]).to_pylist()}
+    for row, long in zip(brief.to_pylist(), full.to_pylist()):
+        text = row["cot"]
+        assert len(text) < 0.6 * len(long["cot"])
+        sections = [text.index(h) for h in ("Planning:", "Visual analysis:", "Comparison:", "Conclusion:")]
+        assert sections == sorted(sections)
+        items = json.loads(comp[row["composite_id"]]["entities"])
+        t = int(row["question_id"].rsplit("-", 1)[1])
+        spec = get_category(row["category"])
+        target = by_id[items[t]["entity_id"]]
+        # exactly one box, the target's, in the conclusion
+        assert re.findall(r"\(\d+,\d+\),\(\d+,\d+\)", text) == [boxes.format_box(items[t]["box"])]
+        assert text.splitlines()[-1].startswith(f"Conclusion: The {target.name} is the ")
+        analysis = text[sections[1]:sections[2]]
+        comparison = text[sections[2]:sections[3]]
+        described = [a for a in spec.axes if spec.phrase(a, target.attributes[a]) in comparison]
+        assert described, text
+        # every described feature is what the renderer drew for that entity, in reading order
+        parts = analysis.removeprefix("Visual analysis: ").rstrip(".\n").split("; ")
+        assert len(parts) == len(items)
+        for part, it in zip(parts, items):
+            other = by_id[it["entity_id"]]
+            for a in described:
+                assert spec.phrase(a, other.attributes[a]) in part
+        # and the described features tell the target apart from every other entity
+        for it in items:
+            if it["entity_id"] != target.entity_id:
+                assert any(by_id[it["entity_id"]].attributes[a] != target.attributes[a] for a in described)
+
+
+def test_unknown_template_style_is_refused(entities):
+    with pytest.raises(ValueError, match="template style"):
+        TemplateTeacher(entities, style="verbose")
