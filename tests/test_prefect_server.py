@@ -194,9 +194,9 @@ def test_reproduce_runs_the_flow_inside_the_api_context(flag, repair, monkeypatc
         finally:
             os.environ.pop("PREFECT_API_URL", None)
 
-    def fake_flow(config, store_uri, force_stages):
+    def fake_flow(profile, overrides, store_uri, force_stages):
         seen.update(api=os.environ.get("PREFECT_API_URL"), repair=os.environ.get("DP_STORE_REPAIR"),
-                    profile=config.profile, store=store_uri, force=force_stages)
+                    profile=profile, store=store_uri, force=force_stages)
         return {"report_markdown": "r.md", "report_json": "r.json", "report": "report@x"}
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
