@@ -265,6 +265,47 @@ class ResumeWeightsMixin:
         target.load_state_dict(saved, strict=True)
         log.info("resumed weights from %s (%d tensors)", resume_from_checkpoint, len(saved))
 
+    def _get_train_sampler(self, *args, **kwargs):
+        return replay_epochs(super()._get_train_sampler(*args, **kwargs))  # type: ignore[misc]
+
+
+def replay_epochs(sampler):
+    """Give a shuffling sampler without ``set_epoch`` (TRL 1.16's ``RepeatSampler``: one seeded
+    generator, one ``randperm`` per epoch) a ``set_epoch`` that draws the permutations of the
+    epochs a resumed run skipped, so epoch k of a resumed run sees the order an uninterrupted run
+    sees. Uninterrupted runs draw exactly as before (``set_epoch(k)`` after k iterations is a
+    no-op). Without this a GRPO run resumed in its second epoch trains on the first epoch's order.
+
+    >>> import torch
+    >>> class S:  # the shape of TRL's RepeatSampler
+    ...     def __init__(self): self.shuffle, self.num_samples, self.generator = True, 5, torch.Generator().manual_seed(0)
+    ...     def __iter__(self): yield from torch.randperm(self.num_samples, generator=self.generator).tolist()
+    >>> a = replay_epochs(S()); first, second = list(a), list(a)
+    >>> b = replay_epochs(S()); b.set_epoch(1); list(b) == second
+    True
+    """
+    import torch
+
+    if hasattr(sampler, "set_epoch") or not getattr(sampler, "shuffle", False) or not hasattr(sampler, "generator"):
+        return sampler
+    base = type(sampler)
+
+    class EpochReplay(base):  # type: ignore[misc, valid-type]
+        _drawn = 0
+
+        def __iter__(self):
+            self._drawn += 1
+            return base.__iter__(self)
+
+        def set_epoch(self, epoch: int) -> None:
+            for _ in range(epoch - self._drawn):
+                torch.randperm(self.num_samples, generator=self.generator)
+            self._drawn = max(self._drawn, epoch)
+
+    EpochReplay.__name__ = base.__name__
+    sampler.__class__ = EpochReplay
+    return sampler
+
 
 def resumable(trainer_cls: type) -> type:
     """``trainer_cls`` with :class:`ResumeWeightsMixin` (same name, for logs and model cards)."""

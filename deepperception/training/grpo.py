@@ -145,11 +145,13 @@ def _position_limit(ckpt_dir: str | Path) -> int | None:
 
 
 def train_grpo(rows, ckpt_dir: str | Path, out_dir: str | Path, cfg: GRPOStageConfig | None = None,
-               work_dir: str | Path | None = None) -> TrainResult:
+               work_dir: str | Path | None = None, *, monitors: bool = True) -> TrainResult:
     """GRPO-train ``ckpt_dir`` (the stage-1 checkpoint) on ``rows``; save a reloadable checkpoint in
     ``out_dir`` with ``train_stage.json`` (config, reward config, metrics) and ``monitors.json``
     (the health table and summary of :mod:`.monitors`). Pre-flight checks run before step 1;
-    ``work_dir`` holds resume points and published steps (see :func:`.sft.train_sft`)."""
+    ``work_dir`` holds resume points and published steps (see :func:`.sft.train_sft`).
+    ``monitors=False`` trains without the completion statistics and the health callback (they
+    never touch rewards or the loss: same weights either way, see the tests)."""
     from trl import GRPOConfig, GRPOTrainer
 
     from deepperception.model.loading import load_model, load_processor, read_size, save_processor, set_pixel_limits
@@ -197,10 +199,12 @@ def train_grpo(rows, ckpt_dir: str | Path, out_dir: str | Path, cfg: GRPOStageCo
     reward_funcs = make_reward_funcs(cfg.reward)
     reward_names = [f.__name__ for f in reward_funcs]
     thresholds = Thresholds()
-    trainer = resumable(GRPOTrainer)(model=model, reward_funcs=monitored_reward_funcs(reward_funcs, thresholds), args=args,
-                          train_dataset=ds, processing_class=processor,
-                          callbacks=[make_checkpoint_callback(work, cfg.save_steps, cfg.resume_steps, processor),
-                                     make_health_callback(reward_names, thresholds)])
+    callbacks = [make_checkpoint_callback(work, cfg.save_steps, cfg.resume_steps, processor)]
+    if monitors:
+        reward_funcs = monitored_reward_funcs(reward_funcs, thresholds)
+        callbacks.append(make_health_callback(reward_names, thresholds))
+    trainer = resumable(GRPOTrainer)(model=model, reward_funcs=reward_funcs, args=args, train_dataset=ds,
+                                     processing_class=processor, callbacks=callbacks)
     with Timer() as t:
         resumed_from = train_resumable(trainer, work, "grpo")
     trainer.save_model(str(out))

@@ -124,7 +124,7 @@ def _image_counting_trainer():
 
 
 def train_sft(rows, base_ckpt_dir: str | Path, out_dir: str | Path, cfg: SFTStageConfig | None = None,
-              work_dir: str | Path | None = None) -> TrainResult:
+              work_dir: str | Path | None = None, *, monitors: bool = True) -> TrainResult:
     """Fine-tune ``base_ckpt_dir`` on ``rows`` and save a reloadable checkpoint in ``out_dir``.
 
     Model and processor come from :mod:`deepperception.model.loading` (class from ``model_type``;
@@ -132,6 +132,7 @@ def train_sft(rows, base_ckpt_dir: str | Path, out_dir: str | Path, cfg: SFTStag
     so TRL never calls ``AutoProcessor`` itself. Pre-flight checks (:mod:`.preflight`) run before
     step 1. ``work_dir`` holds resume points and published steps (:mod:`.checkpoints`); a rerun
     with the same work dir, inputs and config resumes from its newest complete checkpoint.
+    ``monitors=False`` drops the image-token count (it only reads batches: same weights either way).
     """
     from trl import SFTConfig
 
@@ -167,10 +168,16 @@ def train_sft(rows, base_ckpt_dir: str | Path, out_dir: str | Path, cfg: SFTStag
     model = load_model(base_ckpt_dir, device="cpu", dtype=dtype)
     model.train()
     counts = freeze_vision(model, vision_tower=cfg.freeze_vision_tower, projector=cfg.freeze_projector)
-    trainer = _image_counting_trainer()(
+    from trl import SFTTrainer
+
+    from deepperception.training.checkpoints import resumable
+
+    trainer_cls = _image_counting_trainer() if monitors else resumable(SFTTrainer)
+    trainer = trainer_cls(
         model=model, args=args, train_dataset=ds, processing_class=processor,
         callbacks=[make_checkpoint_callback(work, cfg.save_steps, cfg.resume_steps, processor)])
-    trainer.image_token_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    if monitors:
+        trainer.image_token_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     with Timer() as t:
         resumed_from = train_resumable(trainer, work, "sft")
     trainer.save_model(str(out))
