@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from deepperception.errors import ArtifactError
 from deepperception.model.synthetic import synthetic_sft_rows
 from deepperception.store import ArtifactRef, ArtifactStore, StoreSettings
 from deepperception.store.stage import run_stage
-from deepperception.training.sft import SFTStageConfig
 from tasks.common import checkpoint_dir, register_external_checkpoint, resolve_checkpoint_ref
-from tasks.training import train_sft_task, training_work_dir
+from tasks.training import train_sft_task
 
 MAX_STEPS, RESUME_EVERY, SAVE_EVERY, KILL_AT = 10, 3, 5, 7
 
@@ -120,5 +120,7 @@ def test_sigkilled_sft_resumes_from_last_checkpoint_and_matches_an_uninterrupted
     d5 = checkpoint_dir(store, ref, step)
     assert json.loads((d5 / "config.json").read_text())["model_type"] == "qwen2_vl"
     load_model(d5)
+    with pytest.raises(ArtifactError, match=r"no published step 7 \(published steps: \[5, 10\]"):
+        resolve_checkpoint_ref(store, f"{resumed}#step=7")
     print(json.dumps({"killed_child_s": round(killed_s, 2), "resume_s": round(resume_s, 2),
                       "uninterrupted_s": round(clean_s, 2)}))
