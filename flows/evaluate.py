@@ -2,7 +2,8 @@
 nightly re-evaluation and "a new checkpoint was published" triggers.
 
 Checkpoints and benches are given as ``name@version``, ``name@latest`` or a local path
-(a checkpoint directory / a KVG-Bench parquet file, recorded in the store before use).
+(a checkpoint directory / a KVG-Bench parquet file, recorded in the store before use); a bench
+may also be an ``s3://`` object (fetched with the store's endpoint settings, then imported).
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from prefect import flow, get_run_logger, task
 from deepperception.config import EvalStageConfig
 from deepperception.store import ArtifactRef
 from tasks.common import TASK_DEFAULTS, open_store, register_external_checkpoint, resolve_ref
-from tasks.engine import import_bench_task
-from tasks.evaluation import evaluate_task
+from tasks.evaluation import evaluate_task, resolve_bench_task
 
 
 @task(name="resolve-checkpoint", **TASK_DEFAULTS)
@@ -24,14 +24,6 @@ def resolve_checkpoint_task(checkpoint: str, store_uri: str | None = None) -> Ar
     if "@" in checkpoint and not Path(checkpoint).exists():
         return resolve_ref(store, checkpoint)
     return register_external_checkpoint(store, checkpoint, "external-checkpoint", "register")
-
-
-@task(name="resolve-bench", **TASK_DEFAULTS)
-def resolve_bench_task(bench: str, store_uri: str | None = None) -> ArtifactRef:
-    store = open_store(store_uri)
-    if "@" in bench and not Path(bench).exists():
-        return resolve_ref(store, bench)
-    return import_bench_task(bench, store_uri)
 
 
 @flow(name="evaluate", log_prints=True)

@@ -3,8 +3,11 @@
     data engine ─┬─ mine → collect → label ─┬─ compose(train) → distill → filter → SFT rows ─┐
                  │                          │        └─ contamination ───────→ GRPO pool ────┤
                  │                          └─ compose(test) → bench ─┘  data card, exports  │
-    training     └─ base model → CoT-SFT → RL filter → GRPO ←───────────────────────────────┘
-    evaluation      base, SFT, GRPO × bench → report
+    training     └─ base model ─┬─ CoT-SFT → RL filter → GRPO ←─────────────────────────────┘
+                                └─ direct-SFT (comparison.direct_sft: same SFT rows, answer only)
+    extra benches   KVG-Bench parquet / s3:// / name@version → import-bench (content-hashed)
+    evaluation      {base × each prompt mode, direct-SFT, CoT-SFT, GRPO} × {bench, extra benches}
+                    → report (arms side by side + paired-bootstrap differences, per bench)
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
+from deepperception import comparison as cmp
 from deepperception.config import ReproductionConfig, load_profile
 from flows import stages
 from flows.dispatch import run_stage_deployment
+from tasks.evaluation import resolve_bench_task
 
 Stage = Literal["mine", "collect", "label", "compose", "bench", "distill", "filter", "contamination", "training-data",
                 "data-card", "export",
@@ -87,18 +92,36 @@ def reproduce(
     base = stages.build_base_model(cfg.base_model, data["sft_dataset"], data["grpo_pool"], uri, f("base-model"))
     sft = _gpu_stage(stages.train_sft, dispatch, config=cfg.sft, base=base, dataset=data["sft_dataset"],
                      store_uri=uri, force=f("sft"), launch=cfg.launch)
+    # The paper's ablation: the same rows and base, answer-only targets (a version of its own).
+    direct = (_gpu_stage(stages.train_sft, dispatch, config=cfg.sft.model_copy(update={"target": "direct"}),
+                         base=base, dataset=data["sft_dataset"], store_uri=uri, force=f("sft"), launch=cfg.launch)
+              if cfg.comparison.direct_sft else None)
     grpo_data = _gpu_stage(stages.rl_filter, dispatch, config=cfg.rl_filter, checkpoint=sft,
                            pool=data["grpo_pool"], store_uri=uri, force=f("rl-filter"), runner=cfg.runner)
     grpo = _gpu_stage(stages.train_grpo, dispatch, config=cfg.grpo, checkpoint=sft, dataset=grpo_data,
                       store_uri=uri, force=f("grpo"), launch=cfg.launch)
 
-    evaluations = {  # seen/unseen categories come from the bench's manifest
-        label: _gpu_stage(stages.evaluate_checkpoint, dispatch, config=cfg.evaluation, label=label,
-                          checkpoint=ckpt, bench=bench, store_uri=uri, force=f("evaluate"))
-        for label, ckpt in (("base", base), ("sft", sft), ("grpo", grpo))
+    # Arms: the base once per prompt mode (baseline = the raw question, as the official eval.sh
+    # scores base models), then the trained checkpoints in the configured prompt mode.
+    arms = [(cmp.base_label(m), base,
+             cfg.evaluation.model_copy(update=cmp.base_eval_update(m, cfg.comparison.baseline_max_new_tokens)))
+            for m in cfg.comparison.base_prompt_modes]
+    arms += [(label, ckpt, cfg.evaluation) for label, ckpt in
+             ((cmp.DIRECT_SFT, direct), (cmp.COT_SFT, sft), (cmp.GRPO, grpo)) if ckpt is not None]
+    # Benches: the composed one (categories from its manifest) and the extra ones (official
+    # KVG-Bench categories unless the entry names its own).
+    extra = {b.name: resolve_bench_task(b.source, uri) for b in cfg.comparison.extra_benches}
+    benches = [(cmp.COMPOSED_BENCH, bench, None, None)]
+    benches += [(b.name, extra[b.name], b.seen_categories, b.all_categories) for b in cfg.comparison.extra_benches]
+    evaluations = {
+        cmp.artifact_key(label, name): _gpu_stage(
+            stages.evaluate_checkpoint, dispatch, config=ecfg, label=label, checkpoint=ckpt, bench=bref,
+            seen_categories=seen, all_categories=cats, store_uri=uri, force=f("evaluate"))
+        for name, bref, seen, cats in benches for label, ckpt, ecfg in arms
     }
     header = {"profile": cfg.profile, "bench": str(bench), "train data": str(data["sft_dataset"]),
-              "grpo data": str(grpo_data)}
+              "grpo data": str(grpo_data), "extra benches": {k: str(v) for k, v in extra.items()},
+              "paired bootstrap": {"n_resamples": cfg.comparison.n_resamples, "seed": cfg.comparison.seed}}
     report = stages.write_report(evaluations, header, uri, f("report"))
     logger.info("report: %s", report["report_markdown"])
     return {
@@ -111,10 +134,12 @@ def reproduce(
             "sft_dataset": str(data["sft_dataset"]), "grpo_pool": str(data["grpo_pool"]),
             "contamination": str(clean), "data_card": str(card), "exports": str(exported),
             "base_checkpoint": str(base), "sft_checkpoint": str(sft), "grpo_dataset": str(grpo_data),
-            "grpo_checkpoint": str(grpo), **{f"evaluation_{k}": str(v) for k, v in evaluations.items()},
+            "grpo_checkpoint": str(grpo),
+            **({"direct_sft_checkpoint": str(direct)} if direct is not None else {}),
+            **{f"bench_{name.replace('-', '_')}": str(ref) for name, ref in extra.items()},
+            **{k: str(v) for k, v in evaluations.items()},
         },
     }
-
 
 if __name__ == "__main__":
     reproduce()

@@ -1,4 +1,5 @@
-"""Thin Prefect tasks of evaluation: run a checkpoint on a bench, score it, write the report."""
+"""Thin Prefect tasks of evaluation: bring a bench in, run a checkpoint on a bench, score it,
+write the report."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from deepperception.config import EvalStageConfig
 from deepperception.eval.publish import bar_chart_png, markdown_summary
-from deepperception.report import EvalSummary, render_json, render_markdown
+from deepperception.comparison import COMPOSED_BENCH
+from deepperception.errors import InputDataError
+from deepperception.report import EvalSummary, paired_differences, render_json, render_markdown
 from deepperception.store import ArtifactRef
 from deepperception.store.stage import run_stage
 from deepperception.version import code_version, short_hash
-from tasks.common import TASK_DEFAULTS, checkpoint_dir, open_store, read_input_table, run_logger
+from tasks.common import TASK_DEFAULTS, checkpoint_dir, open_store, read_input_table, resolve_ref, run_logger
 
 
 def _artifact_key(text: str) -> str:
@@ -37,6 +40,24 @@ def metrics_rows(metrics: dict, cis: dict | None = None) -> list[dict]:
             row["Acc 95% CI"] = f"[{ci['lo']:.4f}, {ci['hi']:.4f}]"
         rows.append(row)
     return rows
+
+
+@task(name="resolve-bench", **TASK_DEFAULTS)
+def resolve_bench_task(source: str, store_uri: str | None = None) -> ArtifactRef:
+    """A bench given as ``name@version`` / ``name@latest``, a local KVG-Bench Parquet file or an
+    ``s3://`` object -> a committed ``bench`` artifact. Files go through the ``import-bench`` stage
+    (versioned by content hash, schema checked); errors name ``source``."""
+    from deepperception.eval.bench_source import for_source, local_bench_file, source_kind
+    from tasks.engine import import_bench_task
+
+    store = open_store(store_uri)
+    if source_kind(source) == "ref":
+        return resolve_ref(store, source)
+    path = local_bench_file(source, store.settings)
+    try:
+        return import_bench_task(str(path), store_uri)
+    except InputDataError as e:
+        raise for_source(e, source) from e
 
 
 def eval_work_dir(store, writer, checkpoint: ArtifactRef, bench: ArtifactRef) -> Path:
@@ -102,12 +123,13 @@ def evaluate_task(
                     overall["Num"])
         chart = bar_chart_png(result.metrics, result.cis, title=f"{label}: KVG Acc@0.5 per group")
         w.write_bytes("chart.png", chart)
-        create_table_artifact(metrics_rows(result.metrics, result.cis), key=_artifact_key(f"eval-{label}"),
+        key = _artifact_key(f"eval-{label}-{bench.version}")  # one key per arm and bench
+        create_table_artifact(metrics_rows(result.metrics, result.cis), key=key,
                               description=f"KVG metrics of {label} ({checkpoint}) on {bench}")
         lineage = {"checkpoint": str(checkpoint), "bench": str(bench), "evaluation": str(w.ref),
                    "config hash": w.config_hash, "code version": w.code_version}
         create_markdown_artifact(markdown_summary(result.metrics, result.cis, result.strict, lineage, chart),
-                                 key=_artifact_key(f"eval-{label}-summary"),
+                                 key=f"{key}-summary",
                                  description=f"KVG evaluation of {label} with chart and CIs")
         return {"label": label, "checkpoint": str(checkpoint), "bench": str(bench), "metrics": result.metrics,
                 "strict": result.strict, "cis": result.cis, "summary": result.summary()}
@@ -117,9 +139,12 @@ def evaluate_task(
                      code=("deepperception.eval.inference", "deepperception.eval.scoring", "deepperception.eval.publish"), task_module=__name__)[0]
 
 
-def _summary(store, label: str, ref: ArtifactRef) -> EvalSummary:
+def _summary(store, key: str, ref: ArtifactRef, bench_names: dict[str, str]) -> EvalSummary:
+    """One evaluation for the report; metrics from its metrics.json (the official group order,
+    which the manifest's sorted JSON loses)."""
     m = store.manifest(ref)
     meta = m.metadata
+    label = meta.get("label") or key
     cis = {g: {"lo": v["official"]["lo"], "hi": v["official"]["hi"]} for g, v in meta.get("cis", {}).items()}
     ckpt = ArtifactRef.parse(meta["checkpoint"])
     ckpt_manifest = store.manifest(ckpt)
@@ -133,28 +158,53 @@ def _summary(store, label: str, ref: ArtifactRef) -> EvalSummary:
     return EvalSummary(
         label=label, checkpoint=meta["checkpoint"] + (f" (external: {ckpt_meta['external_path']})"
                                                        if ckpt_meta.get("external_path") else ""),
-        bench=meta["bench"], evaluation=str(ref), config_hash=m.config_hash, code_version=m.code_version,
-        metrics=meta["metrics"], strict={g: v for g, v in meta.get("strict", {}).items()}, cis=cis,
+        bench=meta["bench"], bench_name=bench_names.get(meta["bench"], meta["bench"]), evaluation=str(ref), config_hash=m.config_hash, code_version=m.code_version,
+        metrics=json.loads(store.read_bytes(ref, "metrics.json")), strict={g: v for g, v in meta.get("strict", {}).items()}, cis=cis,
         extra={"notes": notes, "train": ckpt_meta.get("train", {})},
     )
+
+
+def bench_names(header: dict) -> dict[str, str]:
+    """``{bench ref: name}`` from the report header: ``bench`` is the composed one,
+    ``extra benches`` maps names to refs.
+
+    >>> bench_names({"bench": "bench@1", "extra benches": {"kvg-bench": "bench@2"}})
+    {'bench@1': 'composed', 'bench@2': 'kvg-bench'}
+    """
+    names = {str(header["bench"]): COMPOSED_BENCH} if header.get("bench") else {}
+    names.update({str(ref): name for name, ref in (header.get("extra benches") or {}).items()})
+    return names
 
 
 @task(name="write-report", **TASK_DEFAULTS)
 def report_task(
     evaluations: dict[str, ArtifactRef], header: dict, store_uri: str | None = None, force: bool = False
 ) -> dict:
-    """Markdown + JSON report over all evaluated checkpoints, each number with its lineage."""
+    """Markdown + JSON report over all evaluations, each number with its lineage: per bench the
+    arms side by side and the paired-bootstrap differences between them (from each evaluation's
+    ``predictions`` table).
+
+    ``header`` is part of the report's version; besides the facts it shows it may carry
+    ``extra benches`` (``{name: bench ref}``) and ``paired bootstrap`` (``{"n_resamples", "seed"}``).
+    Its upstream is every evaluation (whose versions fix the checkpoints and benches read)."""
     store = open_store(store_uri)
-    summaries = [_summary(store, label, ref) for label, ref in evaluations.items()]
+    names = bench_names(header)
+    summaries = [_summary(store, key, ref, names) for key, ref in evaluations.items()]
+    boot = header.get("paired bootstrap") or {}
     head = {**header, "code version": code_version(), "store": store.uri}
 
     def produce(w):
-        w.write_bytes("report.md", render_markdown(summaries, head).encode())
-        w.write_json("report.json", render_json(summaries, head))
-        return {"checkpoints": [s.label for s in summaries]}
+        predictions = {str(ref): store.read_table(ref, "predictions",
+                                                  columns=["question_id", "category", "domain", "correct"]).to_pandas()
+                       for ref in evaluations.values()}
+        diffs = paired_differences(summaries, predictions, n_resamples=int(boot.get("n_resamples", 2000)),
+                                   seed=int(boot.get("seed", 0)))
+        w.write_bytes("report.md", render_markdown(summaries, head, diffs).encode())
+        w.write_json("report.json", render_json(summaries, head, diffs))
+        return {"checkpoints": [s.label for s in summaries], "differences": len(diffs)}
 
     ref, _ = run_stage(store, "report", "report", {"header": header}, dict(evaluations), produce, force=force,
-                     code=("deepperception.report",), task_module=__name__)
+                       code=("deepperception.report",), task_module=__name__)
     markdown = store.read_bytes(ref, "report.md").decode()
     create_markdown_artifact(markdown, key="reproduction-report", description=f"report {ref}")
     return {"report": str(ref), "report_markdown": store.location(ref, "report.md"),

@@ -16,8 +16,10 @@ pytestmark = pytest.mark.slow
 EXPECTED = {
     "entities", "images", "labeled", "composites_train", "composites_bench", "bench", "cot", "cot_filtered",
     "sft_dataset", "grpo_pool", "base_checkpoint", "sft_checkpoint", "grpo_dataset", "grpo_checkpoint",
-    "evaluation_base", "evaluation_sft", "evaluation_grpo", "contamination", "data_card", "exports",
+    "evaluation_base_baseline", "evaluation_base_r1", "evaluation_sft", "evaluation_grpo", "contamination",
+    "data_card", "exports",
 }
+LABELS = ["base (baseline prompt)", "base (r1 prompt)", "sft", "grpo"]  # the default: no direct-SFT arm
 
 
 def _check_run(store: ArtifactStore, result: dict) -> None:
@@ -33,13 +35,13 @@ def _check_run(store: ArtifactStore, result: dict) -> None:
     assert bench.column_names == ["question_id", "question", "image", "answer", "category"]
     report = json.loads(store.read_bytes(ArtifactRef.parse(result["report"]), "report.json"))
     labels = [c["label"] for c in report["checkpoints"]]
-    assert labels == ["base", "sft", "grpo"]
+    assert labels == LABELS
     for c in report["checkpoints"]:
         overall = c["metrics"]["all"]["all"]
         assert overall["Num"] == bench.num_rows
         assert 0.0 <= overall["Acc"] <= 1.0 and 0.0 <= overall["IoU"] <= 1.0
         assert {"all", "seen domain", "unseen domain"} <= set(c["metrics"])
-        assert c["checkpoint"].startswith(f"{c['label']}-checkpoint@")
+        assert c["checkpoint"].startswith(f"{c['label'].split(' ')[0]}-checkpoint@")
         assert c["bench"] == result["artifacts"]["bench"] and c["evaluation"].startswith("evaluation@")
         assert c["cis"]["all"]["lo"] <= overall["Acc"] <= c["cis"]["all"]["hi"]
     card = ArtifactRef.parse(result["artifacts"]["data_card"])
@@ -105,7 +107,7 @@ def test_reproduce_cli_into_s3_bucket(prefect_harness, s3_store_uri, tmp_path, m
     report_ref = ArtifactRef.parse(next(line.split(": ", 1)[1].strip() for line in res.output.splitlines()
                                         if line.startswith("report artifact:")))
     report = json.loads(store.read_bytes(report_ref, "report.json"))
-    assert [c["label"] for c in report["checkpoints"]] == ["base", "sft", "grpo"]
+    assert [c["label"] for c in report["checkpoints"]] == LABELS
     # Walk the lineage from the report back to the entities: every upstream version is committed.
     seen, todo = set(), [report_ref]
     while todo:
