@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
             n = samples_per_step * (a.steps - 1)  # one epoch: every row once, in a seeded order
             runs.append({"runtime_s": res.metrics["runtime_s"], "steady_s": steady,
                          "samples_per_s": n / steady, "tokens_per_s": n * statistics.fmean(tokens) / steady,
-                         "final_loss": res.metrics.get("final_loss")})
+                         "last_loss": res.metrics.get("train_loss_last")})
             print(f"[run {r}] {runs[-1]}", file=sys.stderr, flush=True)
     finally:
         sft._image_counting_trainer = real_trainer
