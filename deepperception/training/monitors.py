@@ -40,7 +40,8 @@ MONITOR_PREFIX = "monitor/"
 
 @dataclass(frozen=True)
 class Thresholds:
-    """When the summary flags a run. Means are over the last ``window`` logged steps.
+    """When the summary flags a run. Means are over the last ``window`` logged steps, and nothing
+    is flagged before ``window`` steps are logged (early steps of a healthy run look collapsed).
 
     * ``whole_image_area`` (0.9): a predicted box covering >= 90 % of the frame is "whole image"
       (the degenerate answer that still earns IoU on large targets);
@@ -178,6 +179,9 @@ def summarize(rows: list[dict[str, Any]], thresholds: Thresholds = Thresholds())
     tail = {k: _tail_mean(rows, k, w) for k in ("whole_image_share", "zero_std_share", "completion_length",
                                                 "clipped_share", "parse_rate", "mean_box_area", "reward")}
     flags: list[str] = []
+    if len(rows) < w:  # a window's worth of steps first: step 1 of any run "fails" everything
+        return {"steps_logged": len(rows), "window": w, "last_window": tail, "flags": flags,
+                "thresholds": asdict(t)}
     if tail["whole_image_share"] is not None and tail["whole_image_share"] >= t.whole_image_share:
         flags.append("reward_hacking_whole_image")
     last = rows[-1] if rows else {}
