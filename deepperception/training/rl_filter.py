@@ -84,8 +84,8 @@ class RLFilterConfig(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1, description="Sampling top-p. None: GRPO's rollout top_p.")
     correct: Literal["eval", "reward"] = Field(
         "eval", description="What counts as a correct sample: eval = the lenient KVG-Bench rule (IoU >= 0.5 over "
-        "the whole output, as the paper says); reward = GRPO's own box reward > 0 (so kept items are exactly "
-        "those whose GRPO groups have non-zero advantage).")
+        "the whole output, as the paper says); reward = GRPO's own box reward > 0 (a kept item's samples then differ "
+        "in box reward, so its GRPO group carries signal); stats.zero_advantage compares both rules.")
     reward: RewardConfig | None = Field(
         None, description="GRPO's reward settings (iou_kind, iou_threshold, format_mode) for correct='reward' and "
         "the zero-advantage stats. None: the released defaults (a reproduction config fills it from grpo).")
