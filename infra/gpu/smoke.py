@@ -15,7 +15,7 @@ any check failed (a check whose input failed is a FAIL too, ``needs <check>``). 
   CPU): the steps ran, the losses are finite, the stage ran where asked, the checkpoint was saved.
 * ``grpo``: the same for a few GRPO steps from the SFT checkpoint (TRL's ``GRPOTrainer``, HF
   generate rollouts, the released rewards).
-* ``eval-parity``: the ``hf`` eval backend on the device in float32, the whole bench in one
+* ``eval-parity``: the ``hf`` eval backend on the device in float32 (TF32 off), the whole bench in one
   batch vs one question at a time: every decoded output identical (padding, masks and positions
   are right on this device).
 * ``eval-bf16`` (CUDA only): the same in bf16, the eval stage's GPU dtype; bf16 kernels round
@@ -307,7 +307,16 @@ def main(argv: list[str] | None = None) -> int:
         return synthetic_bench(eval_n, seed=0)
 
     def parity(c: Check) -> None:
-        res = eval_pair(bench(), state["grpo"], work / "eval", a.device, "float32", new_tokens)
+        import torch
+
+        # True float32: cuDNN's default TF32 convolutions (the vision tower's patch embedding)
+        # would round differently at different batch shapes, which is not what this check tests.
+        tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            res = eval_pair(bench(), state["grpo"], work / "eval", a.device, "float32", new_tokens)
+        finally:
+            torch.backends.cudnn.allow_tf32 = tf32
         bad = [q for q in res["batched"]["outputs"] if res["batched"]["outputs"][q] != res["unbatched"]["outputs"].get(q)]
         c.throughput = f"{res['samples_per_s']:.2f} samples/s"
         c.details = f"{eval_n} questions, batched {res['speedup']:.1f}x unbatched, agreement {res['agreement']:.2f}"
