@@ -124,3 +124,30 @@ def test_sigkilled_sft_resumes_from_last_checkpoint_and_matches_an_uninterrupted
         resolve_checkpoint_ref(store, f"{resumed}#step=7")
     print(json.dumps({"killed_child_s": round(killed_s, 2), "resume_s": round(resume_s, 2),
                       "uninterrupted_s": round(clean_s, 2)}))
+
+
+def test_the_health_table_reaches_the_prefect_api(prefect_harness, tmp_path):
+    """The monitors table of a trained checkpoint becomes a Prefect table artifact (what the UI
+    shows), its description carrying the summary's flags; outside a run nothing is created."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from tasks.training import _publish_monitors
+
+    rows = [{"step": 1, "reward": 0.1, "parse_rate": 0.5}, {"step": 2, "reward": 0.2, "parse_rate": None}]
+    summary = {"flags": ["collapse_zero_std"]}
+    (tmp_path / "monitors.json").write_text(json.dumps({"stage": "grpo", "rows": rows, "summary": summary}))
+    ref = ArtifactRef(name="grpo-checkpoint", version="abc")
+    assert _publish_monitors("grpo", ref, tmp_path) == summary  # no run: returns the summary only
+
+    @flow
+    def publish():
+        return _publish_monitors("grpo", ref, tmp_path)
+
+    assert publish() == summary
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["grpo-monitors"])))
+    assert arts and arts[0].type == "table" and "collapse_zero_std" in arts[0].description
+    table = arts[0].data if isinstance(arts[0].data, list) else json.loads(arts[0].data)
+    assert [r["step"] for r in table] == [1, 2]
