@@ -123,7 +123,9 @@ def evaluate_task(
                     overall["Num"])
         chart = bar_chart_png(result.metrics, result.cis, title=f"{label}: KVG Acc@0.5 per group")
         w.write_bytes("chart.png", chart)
-        key = _artifact_key(f"eval-{label}-{bench.version}")  # one key per arm and bench
+        # One key per arm: Prefect keeps every bench's table in that key's history (the
+        # description names the bench).
+        key = _artifact_key(f"eval-{label}")
         create_table_artifact(metrics_rows(result.metrics, result.cis), key=key,
                               description=f"KVG metrics of {label} ({checkpoint}) on {bench}")
         lineage = {"checkpoint": str(checkpoint), "bench": str(bench), "evaluation": str(w.ref),
