@@ -178,7 +178,12 @@ def publish_model_copy(ckpt: Path, dest: Path, processor=None) -> Path:
     tmp.mkdir(parents=True)
     for p in sorted(Path(ckpt).iterdir()):
         if p.is_file() and not _RESUME_ONLY.match(p.name):
-            _link_or_copy(p, tmp / p.name)
+            # Weights are linked (no second copy of 15 GB); small files are copied, because
+            # save_processor below rewrites some in place and must not edit the resume point's.
+            if p.suffix in (".safetensors", ".bin"):
+                _link_or_copy(p, tmp / p.name)
+            else:
+                shutil.copy2(p, tmp / p.name)
     if processor is not None:
         from deepperception.model.loading import save_processor
 
