@@ -268,6 +268,8 @@ class ReproductionConfig(_Strict):
         # GRPO's rollouts will (recipe parity: official-code.md §4.1 step 5 with §4.4's sampling).
         fill = {k: getattr(self.grpo, k) for k in ("temperature", "top_k", "top_p")
                 if getattr(self.rl_filter, k) is None}
+        if self.rl_filter.reward is None:  # `correct: reward` and the zero-advantage report score with GRPO's reward
+            fill["reward"] = self.grpo.reward
         if fill:
             self.rl_filter = self.rl_filter.model_copy(update=fill)
         return self

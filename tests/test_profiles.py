@@ -117,7 +117,11 @@ def test_the_paper_family(tmp_path):
     paper, p85, ablation = (load_profile(n) for n in ("paper", "paper-0.85", "ablation-direct-sft"))
     assert paper.grpo.iou_threshold == 0.8 and p85.grpo.iou_threshold == 0.85
     assert not paper.comparison.direct_sft and ablation.comparison.direct_sft
-    assert p85.model_dump(exclude={"profile", "grpo"}) == paper.model_dump(exclude={"profile", "grpo"})
+    # the RL filter scores with GRPO's reward, so it follows the threshold; nothing else differs
+    assert p85.rl_filter.reward.iou_threshold == 0.85 and paper.rl_filter.reward.iou_threshold == 0.8
+    skip = {"profile", "grpo", "rl_filter"}
+    assert p85.model_dump(exclude=skip) == paper.model_dump(exclude=skip)
+    assert p85.rl_filter.model_dump(exclude={"reward"}) == paper.rl_filter.model_dump(exclude={"reward"})
     assert ablation.model_dump(exclude={"profile", "comparison"}) == paper.model_dump(exclude={"profile", "comparison"})
 
 
