@@ -333,8 +333,8 @@ def run_inference(
     ``dtype`` defaults to float32 on CPU and bfloat16 elsewhere (the official evaluator's dtype).
     ``official_preresize`` applies qwen_vl_utils' resize before the processor, as the official
     evaluator does. ``vllm_engine_kwargs`` are extra ``vllm.LLM`` arguments for ``backend="vllm"``
-    (e.g. ``{"enforce_eager": True}`` on a CPU); the engine gets ``dtype`` too. ``sort_by_length`` batches similar image sizes together (output order is bench
-    order regardless). ``max_batches`` stops after that many batches (a time-boxed partial run:
+    (e.g. ``{"enforce_eager": True}`` on a CPU); the engine gets ``dtype`` too. ``sort_by_length``
+    batches similar image sizes together (output order is bench order regardless). ``max_batches`` stops after that many batches (a time-boxed partial run:
     ``run.json`` then says ``"status": "partial"``; call again to continue).
     ``stale`` is what to do when ``out_dir`` holds another run's outputs (its ``run.json`` differs):
     ``"error"`` (a user's directory: raise ``ConfigError``) or ``"recreate"`` (scratch space the
