@@ -78,6 +78,8 @@ def reproduce(
     train_composites = stages.compose_images(cfg.compose_train, labeled, uri, f("compose"), cfg.sharding, cfg.runner)
     bench_composites = stages.compose_images(cfg.compose_bench, labeled, uri, f("compose"), cfg.sharding, cfg.runner)
     bench = stages.build_bench(cfg.datasets, bench_composites, uri, f("bench"))
+    # Extra benches are imported before any training, so a bad file fails the run at once.
+    extra = {b.name: resolve_bench_task(b.source, uri) for b in cfg.comparison.extra_benches}
     cot = stages.distill_cot(cfg.distillation, train_composites, entities, uri, f("distill"), cfg.runner)
     kept = stages.filter_cot(cfg.filtering, cot, uri, f("filter"))
     clean = stages.check_contamination(cfg.contamination, bench, bench_composites, labeled, train_composites, uri,
@@ -110,7 +112,6 @@ def reproduce(
              ((cmp.DIRECT_SFT, direct), (cmp.COT_SFT, sft), (cmp.GRPO, grpo)) if ckpt is not None]
     # Benches: the composed one (categories from its manifest) and the extra ones (official
     # KVG-Bench categories unless the entry names its own).
-    extra = {b.name: resolve_bench_task(b.source, uri) for b in cfg.comparison.extra_benches}
     benches = [(cmp.COMPOSED_BENCH, bench, None, None)]
     benches += [(b.name, extra[b.name], b.seen_categories, b.all_categories) for b in cfg.comparison.extra_benches]
     evaluations = {

@@ -137,3 +137,20 @@ def test_a_bench_file_without_a_column_is_refused_naming_file_and_column(run):
     assert str(bad) in str(err.value) and "field=category" in str(err.value)
     with pytest.raises(InputDataError, match="no such bench file"):
         resolve_bench_task(str(run["tmp"] / "missing.parquet"), run["uri"])
+
+
+def test_a_bad_extra_bench_fails_the_run_before_any_training(run):
+    from flows.reproduce import reproduce
+
+    store = run["store"]
+    bad = run["tmp"] / "no-answer.parquet"
+    pq.write_table(run["kvg"].drop(["answer"]), bad)
+    cfg = profile("toy")
+    cfg = cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"learning_rate": 1e-3}),  # a new SFT version
+                                 "comparison": cfg.comparison.model_copy(update={
+                                     "extra_benches": [ExtraBench(name="kvg-bench", source=str(bad))]})})
+    n_sft = len(store.list("sft-checkpoint"))
+    with pytest.raises(InputDataError) as err:
+        reproduce(config=cfg, store_uri=run["uri"])
+    assert str(bad) in str(err.value) and "field=answer" in str(err.value)
+    assert len(store.list("sft-checkpoint")) == n_sft  # nothing trained
