@@ -136,9 +136,10 @@ def train_grpo(config: GRPOStageConfig, checkpoint: ArtifactRef, dataset: Artifa
 @flow(name="evaluate-checkpoint", on_completion=[record_stage_result])
 def evaluate_checkpoint(config: EvalStageConfig, label: str, checkpoint: ArtifactRef, bench: ArtifactRef,
                         seen_categories: list[str] | None = None, all_categories: list[str] | None = None,
-                        store_uri: str | None = None, force: bool = False) -> ArtifactRef:
+                        store_uri: str | None = None, force: bool = False,
+                        checkpoint_step: int | None = None) -> ArtifactRef:
     return evaluation.evaluate_task(config, label, checkpoint, bench, seen_categories, all_categories,
-                                    store_uri, force)
+                                    store_uri, force, checkpoint_step)
 
 
 @flow(name="write-report", on_completion=[record_stage_result])

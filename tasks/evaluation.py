@@ -77,13 +77,15 @@ def eval_work_dir(store, writer, checkpoint: ArtifactRef, bench: ArtifactRef) ->
 def evaluate_task(
     config: EvalStageConfig, label: str, checkpoint: ArtifactRef, bench: ArtifactRef,
     seen_categories: list[str] | None = None, all_categories: list[str] | None = None,
-    store_uri: str | None = None, force: bool = False,
+    store_uri: str | None = None, force: bool = False, checkpoint_step: int | None = None,
 ) -> ArtifactRef:
     """Generate answers for every bench question (resumable), score them with the official-parity
     scorer plus strict scoring and bootstrap CIs, and commit outputs + predictions + metrics.
 
     Category lists default to the ones the bench's manifest records (benches we build), else to
-    the official KVG-Bench lists (an imported kvg-bench.parquet)."""
+    the official KVG-Bench lists (an imported kvg-bench.parquet). ``checkpoint_step`` scores one of
+    the intermediate checkpoints the training stage published (``name@version#step=N``) instead
+    of its final one; it is part of the evaluation's version."""
     from deepperception.eval.inference import run_inference
     from deepperception.eval.io import read_outputs
     from deepperception.eval.scoring import score
@@ -97,6 +99,8 @@ def evaluate_task(
     all_categories = list(all_categories or bench_meta.get("all_categories") or DEFAULT_ALL)
     stage_cfg = {**config.model_dump(mode="json"), "label": label,
                  "seen_categories": seen_categories, "all_categories": all_categories}
+    if checkpoint_step is not None:
+        stage_cfg["checkpoint_step"] = checkpoint_step
 
     def produce(w):
         work = eval_work_dir(store, w, checkpoint, bench)
@@ -104,7 +108,7 @@ def evaluate_task(
         # The work dir is our scratch space: outputs of another run found there are discarded
         # (and logged), never an error the user has to clean up by hand.
         outputs_path = run_inference(
-            bench_table, checkpoint_dir(store, checkpoint), work, backend=config.backend,
+            bench_table, checkpoint_dir(store, checkpoint, checkpoint_step), work, backend=config.backend,
             batch_size=config.batch_size, prompt_mode=config.prompt_mode,
             max_new_tokens=config.max_new_tokens, device=config.device, stale="recreate")
         result = score(bench_table, read_outputs(outputs_path), seen_categories, all_categories,
@@ -133,7 +137,8 @@ def evaluate_task(
         create_markdown_artifact(markdown_summary(result.metrics, result.cis, result.strict, lineage, chart),
                                  key=f"{key}-summary",
                                  description=f"KVG evaluation of {label} with chart and CIs")
-        return {"label": label, "checkpoint": str(checkpoint), "bench": str(bench), "metrics": result.metrics,
+        return {"label": label, "checkpoint": str(checkpoint), "checkpoint_step": checkpoint_step,
+                "bench": str(bench), "metrics": result.metrics,
                 "strict": result.strict, "cis": result.cis, "summary": result.summary()}
 
     return run_stage(store, "evaluation", "evaluate", stage_cfg, {"checkpoint": checkpoint, "bench": bench},
@@ -157,9 +162,14 @@ def _summary(store, key: str, ref: ArtifactRef, bench_names: dict[str, str]) -> 
         if stats.get("policy_applied"):
             notes.append(f"trained on {up} ({role}): rl-filter kept {stats.get('n_kept')} of {stats.get('n_in')} "
                          f"items, policy `{stats['policy_applied']}`")
+            if stats.get("zero_advantage"):
+                from deepperception.training.rl_filter import describe_zero_advantage
+
+                notes.append(describe_zero_advantage(stats))
     return EvalSummary(
-        label=label, checkpoint=meta["checkpoint"] + (f" (external: {ckpt_meta['external_path']})"
-                                                       if ckpt_meta.get("external_path") else ""),
+        label=label, checkpoint=meta["checkpoint"] + (f"#step={meta['checkpoint_step']}"
+                                                       if meta.get("checkpoint_step") is not None else "")
+        + (f" (external: {ckpt_meta['external_path']})" if ckpt_meta.get("external_path") else ""),
         bench=meta["bench"], bench_name=bench_names.get(meta["bench"], meta["bench"]), evaluation=str(ref), config_hash=m.config_hash, code_version=m.code_version,
         metrics=json.loads(store.read_bytes(ref, "metrics.json")), strict={g: v for g, v in meta.get("strict", {}).items()}, cis=cis,
         extra={"notes": notes, "train": ckpt_meta.get("train", {})},
