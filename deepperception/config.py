@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from deepperception.determinism import DeterminismConfig
 from deepperception.errors import ConfigError
 
 from deepperception.domain.synthetic import SyntheticDomainConfig
@@ -214,6 +215,9 @@ class EvalStageConfig(_Strict):
     device: str = Field("cpu", description="Where the checkpoint runs (cuda on GPU workers; bf16 there).")
     n_resamples: int = Field(2000, ge=100, description="Bootstrap resamples for CIs.")
     seed: int = Field(0, description="Seed of the bootstrap.")
+    determinism: DeterminismConfig = Field(
+        default_factory=DeterminismConfig, description="Thread count, deterministic kernels and seeding of this "
+        "stage's process (part of its version: another thread count is another computation).")
 
 
 class ReproductionConfig(_Strict):

@@ -10,6 +10,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from deepperception.config import EvalStageConfig
+from deepperception.determinism import apply_determinism
 from deepperception.eval.publish import bar_chart_png, markdown_summary
 from deepperception.comparison import COMPOSED_BENCH
 from deepperception.errors import InputDataError
@@ -104,6 +105,7 @@ def evaluate_task(
 
     def produce(w):
         work = eval_work_dir(store, w, checkpoint, bench)
+        apply_determinism(config.determinism)  # threads/kernels fixed before the model loads
         bench_table = read_input_table(store, bench, "evaluate")
         # The work dir is our scratch space: outputs of another run found there are discarded
         # (and logged), never an error the user has to clean up by hand.

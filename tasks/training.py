@@ -65,7 +65,8 @@ def build_base_model_task(
             out = build_tiny_qwen2vl(
                 Path(tmp) / "ckpt", corpus, vocab_size=config.vocab_size, hidden=config.hidden,
                 layers=config.layers, image_min_pixels=config.image_min_pixels,
-                image_max_pixels=config.image_max_pixels, seed=config.seed)
+                image_max_pixels=config.image_max_pixels, seed=config.seed,
+                exact_vocab=True)  # a vocabulary the corpus cannot fill is refused, not silently smaller
             w.write_dir(out)
         return {"kind": "tiny-qwen2vl", "corpus_lines": len(corpus)}
 

@@ -80,3 +80,25 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+_OUR_LOGGERS = ("tasks", "flows", "deepperception")
+
+
+@pytest.fixture(autouse=True)
+def _our_loggers_reach_caplog():
+    """Tests that read our log lines (caplog) must not depend on what an earlier test's library did
+    to logging: a `logging.config.dictConfig`/`fileConfig` with `disable_existing_loggers` (their
+    default) silently disables every logger that existed then, ours included. Re-enable ours."""
+    import logging
+
+    for name, lg in list(logging.root.manager.loggerDict.items()):
+        if isinstance(lg, logging.Logger) and name.split(".")[0] in _OUR_LOGGERS:
+            if lg.disabled or not lg.propagate or lg.level not in (logging.NOTSET, logging.DEBUG, logging.INFO):
+                print(f"conftest: re-enabling logger {name} (disabled={lg.disabled}, propagate={lg.propagate}, "
+                      f"level={lg.level})")
+            lg.disabled = False
+            lg.propagate = True
+            if lg.level > logging.INFO:
+                lg.setLevel(logging.NOTSET)
+    yield

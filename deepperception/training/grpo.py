@@ -31,6 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from deepperception.determinism import DeterminismConfig, apply_determinism
 from deepperception.errors import ConfigError, InputDataError
 from deepperception.prompts import grounding_messages
 from deepperception.images import decode_image
@@ -84,6 +85,9 @@ class GRPOStageConfig(BaseModel):
     seed: int = Field(42, description="Trainer seed: data order and rollout sampling.")
     logging_steps: int = Field(1, ge=1, description="Log every N steps.")
     report_to: str = Field("none", description="'none', 'wandb', ...")
+    determinism: DeterminismConfig = Field(
+        default_factory=DeterminismConfig, description="Thread count, deterministic kernels and seeding of this "
+        "stage's process (part of its version: another thread count is another computation).")
     use_bias_correction_kl: bool = Field(False, description=(
         "TRL 1.16's option (its default: True) to multiply the k3 per-token KL by the importance ratio "
         "exp(logp - logp_old), which is 1 in value on-policy but differentiable, so it adds KL * grad(logp) to the "
@@ -163,6 +167,7 @@ def train_grpo(rows, ckpt_dir: str | Path, out_dir: str | Path, cfg: GRPOStageCo
     )
 
     cfg = cfg or GRPOStageConfig()
+    apply_determinism(cfg.determinism)  # before any model or processor is built
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model_class = check_model_class(ckpt_dir)

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from deepperception.boxes import box_iou, parse_gt_box
 from deepperception.tables import require_columns
+from deepperception.determinism import DeterminismConfig, apply_determinism
 from deepperception.errors import ArtifactError, ConfigError, InputDataError, PipelineError
 from deepperception.eval.parsing import official_bbox
 from deepperception.training.rewards import RewardConfig, make_reward_funcs
@@ -96,6 +97,9 @@ class RLFilterConfig(BaseModel):
         "error", description="What to do when no item survives: fail, or keep every item (recorded in the manifest)."
     )
     seed: int = 0
+    determinism: DeterminismConfig = Field(
+        default_factory=DeterminismConfig, description="Thread count, deterministic kernels and seeding of this "
+        "stage's process (part of its version: another thread count is another computation).")
 
     def sampling(self) -> dict[str, Any]:
         """``temperature`` / ``top_k`` / ``top_p`` to sample with; an unset one takes GRPO's default
@@ -566,6 +570,7 @@ def rl_score_shard(job: "ShardJob") -> Any:
 
     store = job.open_store()
     cfg = RLFilterConfig.model_validate(job.spec["rl_filter"])
+    apply_determinism(cfg.determinism)
     part = job.spec["part"]
     table = store.read_part(ArtifactRef.parse(job.spec["pool"]), part)
     scored = score(table, shard_checkpoint(store, job.spec) if table.num_rows else None, cfg.n_samples,

@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from deepperception.determinism import DeterminismConfig, apply_determinism
 from deepperception.errors import InputDataError
 from deepperception.images import decode_image
 from deepperception.tables import require_columns
@@ -64,6 +65,9 @@ class SFTStageConfig(BaseModel):
     logging_steps: int = Field(1, ge=1, description="Log every N steps (loss curve in metrics).")
     dataloader_num_workers: int = Field(0, ge=0, description="0 on CPU.")
     report_to: str = Field("none", description="'none', 'wandb', 'tensorboard', ...")
+    determinism: DeterminismConfig = Field(
+        default_factory=DeterminismConfig, description="Thread count, deterministic kernels and seeding of this "
+        "stage's process (part of its version: another thread count is another computation).")
     save_steps: int | None = Field(3000, ge=0, description=(
         "Publish a model-only checkpoint every N optimizer steps as checkpoints/step-N/ of the sft-checkpoint "
         "version (LLaMA-Factory save_steps 3000, the official value); None/0: the final checkpoint only."))
@@ -143,6 +147,7 @@ def train_sft(rows, base_ckpt_dir: str | Path, out_dir: str | Path, cfg: SFTStag
     from deepperception.training.monitors import sft_rows
 
     cfg = cfg or SFTStageConfig()
+    apply_determinism(cfg.determinism)  # before any model or processor is built
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model_class = check_model_class(base_ckpt_dir)

@@ -145,9 +145,14 @@ def test_the_health_table_reaches_the_prefect_api(prefect_harness, tmp_path):
     def publish():
         return _publish_monitors("grpo", ref, tmp_path)
 
-    assert publish() == summary
+    state = publish(return_state=True)
+    assert state.result() == summary
+    # The harness is shared by the whole session: other runs publish under this key too, so
+    # take the artifact this flow run created.
     with get_client(sync_client=True) as client:
-        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["grpo-monitors"])))
-    assert arts and arts[0].type == "table" and "collapse_zero_std" in arts[0].description
+        arts = [a for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["grpo-monitors"])))
+            if a.flow_run_id == state.state_details.flow_run_id]
+    assert len(arts) == 1 and arts[0].type == "table" and "collapse_zero_std" in arts[0].description
     table = arts[0].data if isinstance(arts[0].data, list) else json.loads(arts[0].data)
     assert [r["step"] for r in table] == [1, 2]
