@@ -189,6 +189,8 @@ class BaseModelConfig(_Strict):
     vocab_size: int = Field(1024, ge=256, description="Tiny model: BPE vocabulary trained on the domain's text.")
     hidden: int = Field(64, ge=16, description="Tiny model: hidden size (a multiple of 8; 4 attention heads).")
     layers: int = Field(2, ge=1, description="Tiny model: decoder layers.")
+    vision_dim: int = Field(32, ge=16, description="Tiny model: width of the random-init vision tower (ViT embed dim).")
+    vision_depth: int = Field(2, ge=1, description="Tiny model: ViT blocks.")
     # Positive and ordered here, at load time: a bad limit used to build and commit the base
     # checkpoint and only fail later, inside SFT's image resize (`math domain error`).
     image_min_pixels: int = Field(56 * 56, gt=0, description="Processor min_pixels of the tiny model.")

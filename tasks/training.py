@@ -64,7 +64,8 @@ def build_base_model_task(
         with tempfile.TemporaryDirectory(prefix="dp-base-") as tmp:
             out = build_tiny_qwen2vl(
                 Path(tmp) / "ckpt", corpus, vocab_size=config.vocab_size, hidden=config.hidden,
-                layers=config.layers, image_min_pixels=config.image_min_pixels,
+                layers=config.layers, vision_dim=config.vision_dim, vision_depth=config.vision_depth,
+                image_min_pixels=config.image_min_pixels,
                 image_max_pixels=config.image_max_pixels, seed=config.seed,
                 exact_vocab=True)  # a vocabulary the corpus cannot fill is refused, not silently smaller
             w.write_dir(out)
