@@ -71,10 +71,29 @@ def run_stage_deployment(deployment: str, parameters: dict[str, Any], store_uri:
             f"deployment {deployment} run {flow_run.id} ended in state "
             f"{state.type.value if state else 'unknown'}: {state.message if state else ''}".strip())
     store = open_store(store_uri)
-    try:
-        with store.fs.open_input_stream(_record_path(store, str(flow_run.id))) as f:
-            record = json.loads(f.read())
-    except (FileNotFoundError, OSError) as exc:
+    record = _wait_for_record(store, str(flow_run.id))
+    if record is None:
         raise PipelineError(f"deployment {deployment} run {flow_run.id} completed but recorded no result in "
-                            f"{store.uri}/{RUNS_DIR}: does the worker use the same store?") from exc
+                            f"{store.uri}/{RUNS_DIR} within {RECORD_WAIT_S:.0f} s: does the worker use the same store?")
     return ArtifactRef.parse(record["result"])
+
+
+RECORD_WAIT_S = 120.0
+"""How long the parent waits for a completed child's record. Prefect runs on-completion hooks
+*after* the run is marked Completed, so a parent polling the state can see Completed a moment
+before the hook has written the record (seen with four evaluations dispatched in a row)."""
+
+
+def _wait_for_record(store, flow_run_id: str, wait_s: float | None = None) -> dict | None:
+    import time
+
+    deadline = time.monotonic() + (RECORD_WAIT_S if wait_s is None else wait_s)
+    while True:
+        try:
+            with store.fs.open_input_stream(_record_path(store, flow_run_id)) as f:
+                return json.loads(f.read())
+        except (FileNotFoundError, OSError, json.JSONDecodeError):
+            # absent, or caught mid-write: the hook writes it once, so wait and read again
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.5)
