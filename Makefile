@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast lint clean serve-prefect mutation vllm-cpu
+.PHONY: install demo test test-fast lint clean serve-prefect mutation vllm-cpu up down screenshots
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,19 @@ mutation: $(STAMP)
 # time, seconds after that. Not part of `make test`/CI; see infra/vllm_cpu/README.md.
 vllm-cpu:
 	PYTHON=$(PYTHON) nice -n 5 bash infra/vllm_cpu/build.sh
+
+# The server path on one machine: Prefect server (UI at http://127.0.0.1:4200), `cpu` and `gpu`
+# process pools with one worker each, a SeaweedFS S3 server with the bucket, every deployment
+# registered (infra/stack/README.md). `make down` stops it all; data survives in .dp-stack/.
+up: $(STAMP)
+	$(PY) -m infra.stack up
+
+down:
+	$(PY) -m infra.stack down
+
+# Headless-Chromium screenshots of a toy run in the Prefect UI (docs/screenshots/; infra/ui/).
+screenshots: $(STAMP)
+	$(PY) infra/ui/screenshots.py
 
 clean:
 	rm -rf $(VENV) .dp-store .pytest_cache mutants

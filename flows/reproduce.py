@@ -18,14 +18,11 @@ from prefect import flow, get_run_logger
 
 from deepperception import comparison as cmp
 from deepperception.config import ReproductionConfig, load_profile
+from deepperception.pipeline_stages import STAGES, Stage
 from flows import stages
 from flows.dispatch import run_stage_deployment
 from tasks.evaluation import resolve_bench_task
 
-Stage = Literal["mine", "collect", "label", "compose", "bench", "distill", "filter", "contamination", "training-data",
-                "data-card", "export",
-                "base-model", "sft", "rl-filter", "grpo", "evaluate", "report"]
-STAGES: tuple[str, ...] = Stage.__args__  # type: ignore[attr-defined]
 
 # Stages that need a GPU on a real run, and the deployments (prefect.yaml, `gpu` pool) serving them.
 GPU_DEPLOYMENTS = {
