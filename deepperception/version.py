@@ -68,7 +68,8 @@ def source_hash() -> str:
 def code_version(scope: tuple[str, ...] | None = None, shallow: tuple[str, ...] = ()) -> str:
     """``<package version>+src.<source hash>``, e.g. ``0.1.0+src.1a2b3c4d5e``.
 
-    With a ``scope`` (module names, e.g. ``("deepperception.engine.collection",)``), only the source
+    Stages derive their scope from their task function instead (:func:`stage_code_version`);
+    this module-level form stays for direct callers. With a ``scope`` (module names, e.g. ``("deepperception.engine.collection",)``), only the source
     of those modules and everything they import from this repository (transitively, including
     imports inside functions) is hashed: editing the evaluator does not invalidate the data engine's
     artifacts, while editing anything a stage runs does. ``shallow`` modules (the thin Prefect task
@@ -77,6 +78,25 @@ def code_version(scope: tuple[str, ...] | None = None, shallow: tuple[str, ...] 
     if scope is None:
         return f"{__version__}+src.{source_hash()}"
     return f"{__version__}+src.{scoped_source_hash(tuple(sorted(scope)), tuple(sorted(shallow)))}"
+
+
+def stage_code_version(roots: tuple[str, ...] | list[str], code: tuple[str, ...] | None = None,
+                       shallow: tuple[str, ...] = ()) -> str | None:
+    """The code version of a stage whose task function is ``roots`` (``"pkg.mod:name"``, see
+    :mod:`deepperception.code_scope`): ``<package version>+src.<hash of the code it reaches>``.
+
+    ``code``/``shallow`` are the older hand-listed module scopes (:func:`code_version`); given with
+    roots they are hashed in addition (they can only widen the scope), alone they are what they
+    were. None when there is neither: the store then uses the whole-source :func:`code_version`.
+    """
+    from deepperception.code_scope import code_scope
+
+    if not roots:
+        return code_version(code, shallow) if code else None
+    digest = code_scope(tuple(roots)).digest
+    if code:
+        digest = short_hash([digest, scoped_source_hash(tuple(sorted(code)), tuple(sorted(shallow)))], 10)
+    return f"{__version__}+src.{digest}"
 
 
 def _module_file(name: str) -> Path | None:

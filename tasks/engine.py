@@ -117,9 +117,7 @@ def mine_entities_task(config: DataSourceConfig, store_uri: str | None = None, f
         from deepperception.engine.knowledge import knowledge_prompt_hash
 
         cfg["knowledge"] = {**know.model_dump(mode="json"), "prompt_hash": knowledge_prompt_hash()}
-    return run_stage(store, "entities", "mine", cfg, {}, produce, force=force,
-                     code=("deepperception.domain.synthetic", "deepperception.domain.entity",
-                           "deepperception.sources", "deepperception.engine.knowledge"), task_module=__name__)[0]
+    return run_stage(store, "entities", "mine", cfg, {}, produce, force=force)[0]
 
 
 def _knowledge_cards(store, w, logger, entities: list, know: KnowledgeStageConfig) -> tuple[list, dict]:
@@ -190,8 +188,7 @@ def collect_images_task(
 
     stage_cfg = {"source": source.model_dump(mode="json"), "collection": config.model_dump(mode="json"),
                  "images_per_shard": shards.images_per_shard}
-    return run_stage(store, "images", "collect", stage_cfg, {"entities": entities}, produce, force=force,
-                     code=("deepperception.engine.collection", "deepperception.sources"), task_module=__name__)[0]
+    return run_stage(store, "images", "collect", stage_cfg, {"entities": entities}, produce, force=force)[0]
 
 
 @task(name="label-boxes", **TASK_DEFAULTS)
@@ -232,9 +229,7 @@ def label_boxes_task(
                 "labeler": {"backend": config.backend, "model": config.endpoint.model if config.backend == "openai"
                             else "oracle", "prompt": "Find and give the bounding box of {E}"}}
 
-    return run_stage(store, "labeled-images", "label", config, {"images": images}, produce, force=force,
-                     code=("deepperception.engine.labeling", "deepperception.engine.shard_stages"),
-                     task_module=__name__)[0]
+    return run_stage(store, "labeled-images", "label", config, {"images": images}, produce, force=force)[0]
 
 
 def _merge(records: list, key: str) -> Any:
@@ -276,8 +271,7 @@ def compose_task(
 
     stage_cfg = {**config.model_dump(mode="json"), "composites_per_shard": shards.composites_per_shard}
     return run_stage(store, f"composites-{config.pool}", "compose", stage_cfg, {"labeled": labeled}, produce,
-                     force=force, code=("deepperception.engine.composition", "deepperception.engine.shard_stages"),
-                     task_module=__name__)[0]
+                     force=force)[0]
 
 
 def _columns(store, ref: ArtifactRef, table: str = "data") -> list[str]:
@@ -316,8 +310,7 @@ def build_bench_task(
         return {"rows": rows, "per_category": dict(counters), "seen_categories": seen,
                 "all_categories": seen + unseen}
 
-    return run_stage(store, "bench", "build-bench", config, {"composites": composites}, produce, force=force,
-                     code=("deepperception.engine.datasets",), task_module=__name__)[0]
+    return run_stage(store, "bench", "build-bench", config, {"composites": composites}, produce, force=force)[0]
 
 
 @task(name="distill-cot", **TASK_DEFAULTS)
@@ -350,9 +343,7 @@ def distill_cot_task(
                             "prompt_hash": short_hash(TEACHER_PROMPT_TEMPLATE, 12)}}
 
     return run_stage(store, "cot", "distill", config, {"composites": composites, "entities": entities},
-                     produce, force=force,
-                     code=("deepperception.engine.distillation", "deepperception.engine.shard_stages"),
-                     task_module=__name__)[0]
+                     produce, force=force)[0]
 
 
 @task(name="filter-cot", **TASK_DEFAULTS)
@@ -372,8 +363,7 @@ def filter_cot_task(config: FilterConfig, cot: ArtifactRef, store_uri: str | Non
         failures.require_rows(pa.table({"n": [0] * kept_w.rows}), stage=w.stage, artifact=w.name)
         return {"kept": kept_w.rows, "rejected": rej_w.rows, "reasons": dict(reasons)}
 
-    return run_stage(store, "cot-filtered", "filter", config, {"cot": cot}, produce, force=force,
-                     code=("deepperception.engine.filtering",), task_module=__name__)[0]
+    return run_stage(store, "cot-filtered", "filter", config, {"cot": cot}, produce, force=force)[0]
 
 
 @task(name="build-sft-dataset", **TASK_DEFAULTS)
@@ -408,8 +398,7 @@ def build_sft_dataset_task(
 
     upstream = {"cot": kept, "composites": composites, **({"contamination": contamination} if contamination else {})}
     return run_stage(store, "sft-dataset", "build-sft", {}, upstream,
-                     produce, force=force,
-                     code=("deepperception.engine.datasets",), task_module=__name__)[0]
+                     produce, force=force)[0]
 
 
 @task(name="build-grpo-pool", **TASK_DEFAULTS)
@@ -434,8 +423,7 @@ def build_grpo_pool_task(
         return {"rows": rows}
 
     upstream = {"composites": composites, **({"contamination": contamination} if contamination else {})}
-    return run_stage(store, "grpo-pool", "build-grpo", config, upstream, produce, force=force,
-                     code=("deepperception.engine.datasets",), task_module=__name__)[0]
+    return run_stage(store, "grpo-pool", "build-grpo", config, upstream, produce, force=force)[0]
 
 
 @task(name="import-bench", **TASK_DEFAULTS)
@@ -456,5 +444,4 @@ def import_bench_task(path: str, store_uri: str | None = None) -> ArtifactRef:
         table = read_bench(path)  # schema-checked; only read when this version is new
         return _commit_table(w, table, source=path, per_category=dict(Counter(table.column("category").to_pylist())))
 
-    return run_stage(store, "bench", "import-bench", {"sha256": digest.hexdigest()}, {}, produce,
-                     code=("deepperception.eval.io",), task_module=__name__)[0]
+    return run_stage(store, "bench", "import-bench", {"sha256": digest.hexdigest()}, {}, produce)[0]

@@ -66,8 +66,7 @@ def contamination_task(config: ContaminationConfig, bench: ArtifactRef, bench_co
 
     return run_stage(store, "contamination", "contamination", config,
                      {"bench": bench, "bench_composites": bench_composites, "labeled": labeled,
-                      "train_composites": train_composites}, produce, force=force,
-                     code=("deepperception.engine.contamination",), task_module=__name__)[0]
+                      "train_composites": train_composites}, produce, force=force)[0]
 
 
 def excluded_composites(store, ref: ArtifactRef | None) -> set[str]:
@@ -123,8 +122,7 @@ def data_card_task(refs: dict[str, ArtifactRef], store_uri: str | None = None, f
         _publish(cards.render_card_for_prefect(stats, meta), logger)
         return {"figures": sorted(figures)}
 
-    return run_stage(store, "data-card", "data-card", {}, refs, produce, force=force,
-                     code=("deepperception.engine.cards",), task_module=__name__)[0]
+    return run_stage(store, "data-card", "data-card", {}, refs, produce, force=force)[0]
 
 
 def _publish(markdown: str, logger) -> None:
@@ -166,4 +164,4 @@ def export_task(sft_dataset: ArtifactRef, grpo_pool: ArtifactRef, store_uri: str
         return {"sharegpt": written, "grpo": {k: v["rows"] for k, v in grpo.items()}}
 
     return run_stage(store, "exports", "export", {}, {"sft_dataset": sft_dataset, "grpo_pool": grpo_pool},
-                     produce, force=force, code=("deepperception.engine.exports",), task_module=__name__)[0]
+                     produce, force=force)[0]

@@ -70,5 +70,4 @@ def rl_filter_task(
         return {"stats": stats, "shards": len(records)}
 
     return run_stage(store, "grpo-dataset", "rl-filter", config, {"checkpoint": checkpoint, "pool": pool},
-                     produce, force=force,
-                     code=("deepperception.training.rl_filter",), task_module=__name__)[0]
+                     produce, force=force)[0]

@@ -72,8 +72,7 @@ def build_base_model_task(
         return {"kind": "tiny-qwen2vl", "corpus_lines": len(corpus)}
 
     return run_stage(store, "base-checkpoint", "base-model", config,
-                     {"sft_dataset": sft_dataset, "grpo_pool": grpo_pool}, produce, force=force,
-                     code=("deepperception.model.tiny",), task_module=__name__)[0]
+                     {"sft_dataset": sft_dataset, "grpo_pool": grpo_pool}, produce, force=force)[0]
 
 
 def training_work_dir(store, writer) -> Path:
@@ -130,7 +129,7 @@ def _train_and_write(store, w, stage: str, rows, init: Path, config, launch, log
 
 
 def _run_training_stage(store, name: str, stage: str, config, upstream: dict, rows_ref: ArtifactRef,
-                        init_ref: ArtifactRef, force: bool, launch, code: tuple[str, ...]) -> ArtifactRef:
+                        init_ref: ArtifactRef, force: bool, launch) -> ArtifactRef:
     logger = run_logger()
     works: list[Path] = []
 
@@ -140,8 +139,7 @@ def _run_training_stage(store, name: str, stage: str, config, upstream: dict, ro
         works.append(work)
         return meta
 
-    ref = run_stage(store, name, stage, config, upstream, produce, force=force, code=code,
-                    task_module=__name__)[0]
+    ref = run_stage(store, name, stage, config, upstream, produce, force=force)[0]
     for work in works:  # committed: resume points (optimizer states) are no longer needed
         shutil.rmtree(work, ignore_errors=True)
     return ref
@@ -155,8 +153,7 @@ def train_sft_task(
     """CoT-SFT; resumable after a kill (same version), intermediate steps published."""
     store = open_store(store_uri)
     return _run_training_stage(store, "sft-checkpoint", "sft", config, {"base": base, "dataset": dataset}, dataset,
-                               base, force, launch, ("deepperception.training.sft", "deepperception.training.launch",
-                                                      "deepperception.training.checkpoints"))
+                               base, force, launch)
 
 
 @task(name="train-grpo", **TASK_DEFAULTS)
@@ -167,6 +164,4 @@ def train_grpo_task(
     """GRPO with health monitors; resumable after a kill (same version), intermediate steps published."""
     store = open_store(store_uri)
     return _run_training_stage(store, "grpo-checkpoint", "grpo", config, {"init": checkpoint, "dataset": dataset},
-                               dataset, checkpoint, force, launch,
-                               ("deepperception.training.grpo", "deepperception.training.launch",
-                                "deepperception.training.checkpoints", "deepperception.training.monitors"))
+                               dataset, checkpoint, force, launch)

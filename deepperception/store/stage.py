@@ -12,7 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import logging
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel
 
@@ -20,9 +21,58 @@ from deepperception.errors import AlreadyCommittedError, ArtifactError, InputDat
 from deepperception.store.artifacts import ArtifactStore, Manifest, VersionWriter
 from deepperception.store.lease import Lease, NoLease, read_lease, wait_while_leased
 from deepperception.store.refs import ArtifactRef
-from deepperception.version import code_version
+from deepperception.code_scope import CodeScope, code_scope, function_root, task_root_on_stack
+from deepperception.version import stage_code_version
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageEvent:
+    """What :func:`run_stage` tells its listeners, once when a stage starts and once when it ends."""
+
+    phase: Literal["start", "end"]
+    stage: str
+    name: str
+    upstream: dict[str, ArtifactRef]
+    scope: CodeScope | None
+    """The code hashed into the version (None for a stage outside this repository's tasks)."""
+    ref: ArtifactRef | None = None
+    """The version used (``end`` only, None when the stage failed)."""
+    reused: bool | None = None
+    """``end``: True when a committed version was reused, False when the body ran (None: it failed)."""
+
+
+_listeners: list[Callable[[StageEvent], None]] = []
+
+
+def add_stage_listener(fn: Callable[[StageEvent], None]) -> None:
+    """Call ``fn(event)`` at every stage start and end in this process (tests count executed stages
+    and switch coverage contexts with it). A listener's error is logged, never fails the stage."""
+    _listeners.append(fn)
+
+
+def remove_stage_listener(fn: Callable[[StageEvent], None]) -> None:
+    if fn in _listeners:
+        _listeners.remove(fn)
+
+
+def _notify(event: StageEvent) -> None:
+    for fn in list(_listeners):
+        try:
+            fn(event)
+        except Exception:  # noqa: BLE001 - an observer must not fail a stage
+            log.exception("stage listener %r failed on %s %s", fn, event.phase, event.stage)
+
+
+def stage_roots(produce: Callable, task: Callable | str | None = None) -> tuple[str, ...]:
+    """Scope roots of a stage: the top-level function ``produce`` is defined in (the task function,
+    for the usual closure), the innermost Prefect task function running (when ``produce`` comes
+    from a shared helper) and ``task`` when given (a function, a Prefect task or ``"pkg.mod:name"``)."""
+    roots = [function_root(produce), task_root_on_stack(2)]
+    if task is not None:
+        roots.append(task if isinstance(task, str) else function_root(task))
+    return tuple(sorted({r for r in roots if r}))
 
 
 def retry_salt(base: str, attempt: int) -> str:
@@ -47,15 +97,19 @@ def run_stage(
     force: bool = False,
     code: tuple[str, ...] | None = None,
     task_module: str | None = None,
+    task: Callable | str | None = None,
 ) -> tuple[ArtifactRef, bool]:
     """Produce artifact ``name`` unless the identical, complete version is already committed.
 
     ``produce(writer)`` writes the data files and returns manifest metadata; the manifest is
     written only after it returns, and everything is removed if it raises. ``force`` salts the
     version id with the current time, giving a new version (downstream versions change too).
-    ``code`` names the library modules the stage runs (their imports are followed) and
-    ``task_module`` the thin task module calling it: only that code is in the version id, so
-    editing the evaluator never invalidates a trained checkpoint. Returns ``(ref, reused)``.
+    The code in the version id is derived from ``produce``: every symbol of this repository its
+    task function reaches (:mod:`deepperception.code_scope`; ``task`` adds a root when ``produce``
+    is defined elsewhere), so editing code the stage runs gives a new version and editing the
+    evaluator never invalidates a trained checkpoint. ``code``/``task_module`` (hand-listed
+    modules, the older form) are hashed in addition when given. Returns ``(ref, reused)``.
+    Listeners (:func:`add_stage_listener`) hear a ``start`` and an ``end`` :class:`StageEvent`.
 
     A reused version is checked first (manifest parses, every file present with its recorded
     size, files up to ``StoreSettings.reuse_rehash_max_bytes`` re-hashed). A corrupt one is refused with an error naming the file, unless
@@ -64,7 +118,22 @@ def run_stage(
     (metadata ``failures.failed > 0``) is never reused: see the module docstring.
     """
     base_salt = dt.datetime.now(dt.timezone.utc).isoformat() if force else ""
-    version = code_version(code, (task_module,) if task_module else ()) if code else None
+    roots = stage_roots(produce, task)
+    version = stage_code_version(roots, code, (task_module,) if task_module else ())
+    scope = code_scope(roots) if roots else None
+    _notify(StageEvent("start", stage, name, dict(upstream), scope))
+    ref: ArtifactRef | None = None
+    reused: bool | None = None
+    try:
+        ref, reused = _run(store, name, stage, config, upstream, produce, base_salt, version)
+    finally:
+        _notify(StageEvent("end", stage, name, dict(upstream), scope, ref, reused))
+    return ref, reused
+
+
+def _run(store: ArtifactStore, name: str, stage: str, config, upstream: dict[str, ArtifactRef],
+         produce: Callable[[VersionWriter], dict[str, Any] | None], base_salt: str,
+         version: str | None) -> tuple[ArtifactRef, bool]:
     previous: ArtifactRef | None = None
     for attempt in itertools.count():
         writer = store.plan(name, stage, config, upstream, salt=retry_salt(base_salt, attempt), code=version)
