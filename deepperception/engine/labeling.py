@@ -38,6 +38,7 @@ from deepperception.engine.common import (BOX_INT, ItemFailed, map_bounded, reje
 from deepperception.engine.failures import FailureBudget, good_rows
 from deepperception.errors import InputDataError
 from deepperception.images import ImageProblem, open_photo, read_image_bytes, request_bytes
+from deepperception.progress import progress
 
 Box1000 = tuple[int, int, int, int]
 LABEL_COLUMNS = ("box", "box_source", "label_backend", "label_error", "label_reason", "label_attempts", "label_iou")
@@ -227,10 +228,19 @@ def label_table(images: pa.Table, labeler: BoxLabeler, cfg: LabelConfig | None =
     # model_checked: a photo with a dataset box still gets a box when the model fails on it, so its
     # failure does not count against the stage's failure budget.
     rescuable = {i for i in pending if cfg.box_source == "model_checked" and src[i] is not None}
+    # The model calls are the long part: a progress bar over them (Prefect's, when tasks/ listens).
+    tracker = progress("label-boxes", total=n, done=n - len(pending), unit="images")
     if hasattr(labeler, "label_many"):
-        _label_streaming(labeler, pending, load, names, budget, finish, rescuable)
+        with tracker:
+            _label_streaming(labeler, pending, load, names, budget, finish, rescuable, tracker.advance)
     else:
         def one(i: int) -> None:
+            try:
+                label_one(i)
+            finally:
+                tracker.advance()
+
+        def label_one(i: int) -> None:
             if budget.exhausted:
                 return finish(i, None, budget.skip_message(), "not_attempted", 0, None)
             loaded = load(i)
@@ -246,7 +256,8 @@ def label_table(images: pa.Table, labeler: BoxLabeler, cfg: LabelConfig | None =
                 raise InputDataError(exc.message, stage="label", row=ids[i], field=exc.field) from None
             finish(i, box, None, None, 1, "model" if labeler.name != "oracle" else "oracle")
 
-        map_bounded(one, pending, cfg.concurrency or labeler.concurrency)
+        with tracker:
+            map_bounded(one, pending, cfg.concurrency or labeler.concurrency)
 
     # Agreement with the dataset's boxes, and the model_checked fallback.
     ious: list[float] = []
@@ -297,18 +308,21 @@ def label_table(images: pa.Table, labeler: BoxLabeler, cfg: LabelConfig | None =
 
 
 def _label_streaming(labeler, pending: list[int], load, names, budget: FailureBudget, finish,
-                     rescuable: set[int]) -> None:
+                     rescuable: set[int], advance=lambda n=1: None) -> None:
     """Feed a batch labeler (``label_many``: an OpenAI-compatible endpoint with its own bounded
-    concurrency) a lazy stream of photos, so at most its in-flight requests are in memory."""
+    concurrency) a lazy stream of photos, so at most its in-flight requests are in memory.
+    ``advance()`` is called once per photo done (answered, skipped or unreadable)."""
     from deepperception.engine.model_labeler import LabelItem
 
     def items():
         for i in pending:
             if budget.exhausted:
                 finish(i, None, budget.skip_message(), "not_attempted", 0, None)
+                advance()
                 continue
             loaded = load(i)
             if loaded is None:
+                advance()
                 continue
             data, photo = loaded
             yield LabelItem(key=str(i), image=data, width=photo.width, height=photo.height, entity_name=names[i])
@@ -321,3 +335,4 @@ def _label_streaming(labeler, pending: list[int], load, names, budget: FailureBu
             finish(i, None, outcome.error or "no box", outcome.reason or "item_failed", outcome.attempts, None)
         else:
             finish(i, outcome.box, None, None, outcome.attempts, "model")
+        advance()

@@ -43,6 +43,7 @@ from deepperception.boxes import parse_gt_box
 from deepperception.model.loading import checkpoint_fingerprint
 from deepperception.fileio import atomic_write, atomic_write_json
 from deepperception.errors import ConfigError, InputDataError
+from deepperception.progress import progress
 from deepperception.prompts import PromptMode, user_text
 
 Backend = Literal["hf", "vllm"]
@@ -320,6 +321,7 @@ def run_inference(
     vllm_gpu_memory_utilization: float = 0.9,
     vllm_engine_kwargs: Mapping[str, Any] | None = None,
     stale: Stale = "error",
+    progress_name: str = "evaluate",
 ) -> Path:
     """Generate one answer per bench question into ``out_dir/outputs.jsonl``; returns its path.
 
@@ -339,6 +341,8 @@ def run_inference(
     ``stale`` is what to do when ``out_dir`` holds another run's outputs (its ``run.json`` differs):
     ``"error"`` (a user's directory: raise ``ConfigError``) or ``"recreate"`` (scratch space the
     caller owns, e.g. a pipeline's work dir: log, discard them and start over).
+    ``progress_name`` names the questions-done progress bar (:mod:`deepperception.progress`;
+    e.g. ``evaluate sft``); it is display only, not part of ``run.json``.
     """
     from deepperception.model.generation import decoding_from_generation_config
     from deepperception.model.loading import model_type, read_pixel_limits
@@ -407,16 +411,18 @@ def run_inference(
             vgen = _VllmGenerator(ckpt, spec, vllm_max_model_len, vllm_gpu_memory_utilization, dtype=dtype,
                                   engine_kwargs=vllm_engine_kwargs)
             generate = lambda prompts, images: vgen(vllm_requests(prompts, images))  # noqa: E731
-        for b, batch in enumerate(_batches(pending, batch_size)):
-            if max_batches is not None and b >= max_batches:
-                break
-            prompts, images, hws = _prepare(batch, processor, prompt_mode, official_preresize)
-            gens = generate(prompts, images)
-            recs = [_record(r, prompt_mode, g, hw) for r, g, hw in zip(batch, gens, hws)]
-            append_records(outputs, recs)
-            for rec in recs:
-                done[rec["question_id"]] = rec
-            n_new += len(recs)
+        with progress(progress_name, total=len(rows), done=len(done), unit="questions") as tracker:
+            for b, batch in enumerate(_batches(pending, batch_size)):
+                if max_batches is not None and b >= max_batches:
+                    break
+                prompts, images, hws = _prepare(batch, processor, prompt_mode, official_preresize)
+                gens = generate(prompts, images)
+                recs = [_record(r, prompt_mode, g, hw) for r, g, hw in zip(batch, gens, hws)]
+                append_records(outputs, recs)
+                for rec in recs:
+                    done[rec["question_id"]] = rec
+                n_new += len(recs)
+                tracker.advance(len(recs))
     elapsed = time.perf_counter() - t0
 
     complete = len(done) == len(rows)

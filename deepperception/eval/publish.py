@@ -1,10 +1,14 @@
-"""Human-facing views of a scored run: a per-domain bar chart (PNG) and a Markdown summary."""
+"""Human-facing views of a scored run: a per-domain bar chart (PNG) and a Markdown summary
+(escaped with :mod:`deepperception.markdown`, so the Prefect UI shows ``Acc@0.5`` and category
+names as typed)."""
 
 from __future__ import annotations
 
 import base64
 import io
 from typing import Any
+
+from deepperception.markdown import ACC, md_code, md_text
 
 
 def bar_chart_png(metrics: dict[str, Any], cis: dict[str, Any] | None = None, title: str = "") -> bytes:
@@ -45,17 +49,17 @@ def markdown_summary(metrics: dict[str, Any], cis: dict[str, Any], strict: dict[
                      lineage: dict[str, str], chart_png: bytes | None = None) -> str:
     """Markdown with the chart inline (data URI), the metrics table with CIs and the lineage."""
     lines = ["# KVG-Bench evaluation", ""]
-    lines += [f"- **{k}**: `{v}`" for k, v in lineage.items()]
+    lines += [f"- **{md_text(k)}**: {md_code(v)}" for k, v in lineage.items()]
     lines.append("")
     if chart_png:
         lines += [f"![accuracy per group](data:image/png;base64,{base64.b64encode(chart_png).decode()})", ""]
-    lines += ["| group | N | Acc@0.5 % | 95% CI | IoU % | strict Acc % | parse rate % |",
+    lines += [f"| group | N | {ACC} % | 95% CI | IoU % | strict Acc % | parse rate % |",
               "|---|---:|---:|---|---:|---:|---:|"]
     for g, m in metrics.items():
         a = m["all"]
         ci = cis.get(g, {}).get("official", {})
         st = strict.get(g, {})
         ci_txt = f"[{100 * ci['lo']:.2f}, {100 * ci['hi']:.2f}]" if ci else "—"
-        lines.append(f"| {g} | {a['Num']} | {100 * a['Acc']:.2f} | {ci_txt} | {100 * a['IoU']:.2f} | "
+        lines.append(f"| {md_text(g)} | {a['Num']} | {100 * a['Acc']:.2f} | {ci_txt} | {100 * a['IoU']:.2f} | "
                      f"{100 * st.get('Acc', 0.0):.2f} | {100 * st.get('parse_rate', 0.0):.2f} |")
     return "\n".join(lines) + "\n"

@@ -48,6 +48,7 @@ def train_resumable(trainer, work: Path, stage: str) -> int | None:
 
     from deepperception.training.checkpoints import checkpoint_step, last_complete_checkpoint
 
+    trainer.add_callback(make_progress_callback(f"train-{stage}"))
     last = last_complete_checkpoint(Path(work) / "trainer")
     if last is None:
         trainer.train()
@@ -56,6 +57,34 @@ def train_resumable(trainer, work: Path, stage: str) -> int | None:
     logging.getLogger(__name__).warning("%s: resuming from step %d (%s)", stage, step, last)
     trainer.train(resume_from_checkpoint=str(last))
     return step
+
+
+def make_progress_callback(what: str):
+    """A ``TrainerCallback`` that reports optimizer steps to :mod:`deepperception.progress`
+    (a Prefect progress bar on the training run when tasks/ listens; a no-op otherwise).
+    :func:`train_resumable` adds it, so SFT and GRPO both get it. A resumed run starts at its
+    resumed step; only the main process of a multi-process launch reports."""
+    from transformers import TrainerCallback
+
+    from deepperception.progress import progress
+
+    class ProgressCallback(TrainerCallback):
+        tracker = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.tracker = progress(what, total=int(state.max_steps or 0), done=int(state.global_step or 0),
+                                        unit="steps")
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.tracker is not None:
+                self.tracker.advance(int(state.global_step) - self.tracker.done)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.tracker is not None:
+                self.tracker.close()
+
+    return ProgressCallback()
 
 
 def freeze_vision(model, *, vision_tower: bool, projector: bool) -> dict[str, int]:
