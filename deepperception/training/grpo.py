@@ -27,7 +27,7 @@ Input rows (``pyarrow.Table``): ``question_id``, ``image`` (struct ``{bytes, pat
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -37,21 +37,27 @@ from deepperception.prompts import grounding_messages
 from deepperception.images import decode_image
 from deepperception.tables import require_columns
 from deepperception.training.common import (
-    resolve_deepspeed, train_dtype,
+    train_dtype,
     Timer, TrainResult, loss_metrics, write_stage_json, default_work_dir, train_resumable,
 )
 from deepperception.training.preflight import (
     check_device, check_generation_batch, check_lengths, check_model_class, require_box, token_counts, world_size,
 )
 from deepperception.training.rewards import FormatMode, IoUKind, RewardConfig, make_reward_funcs
+from deepperception.training.trl_args import TRLMapping
+from deepperception.training.trl_data import in_memory_dataset
 
 GRPO_COLUMNS = ("question_id", "image", "problem", "solution")
 
 
 class GRPOStageConfig(BaseModel):
-    """GRPO settings (a typed subset of TRL's ``GRPOConfig`` plus reward options)."""
+    """GRPO settings (a typed subset of TRL's ``GRPOConfig`` plus reward options; how each field
+    reaches TRL: :data:`GRPO_TRL`)."""
 
     model_config = ConfigDict(extra="forbid")
+    STAGE: ClassVar[str] = "grpo"
+    ENTRY: ClassVar[str] = "deepperception.training.grpo"
+    """The module a launched process runs (``python -m``; its ``__main__`` block)."""
 
     learning_rate: float = Field(1e-6, gt=0, description="Official 1e-6.")
     num_train_epochs: float = Field(2.0, gt=0, description="Official 2. Ignored when max_steps > 0.")
@@ -118,10 +124,39 @@ class GRPOStageConfig(BaseModel):
     def reward(self) -> RewardConfig:
         return RewardConfig(iou_threshold=self.iou_threshold, format_mode=self.format_mode, iou_kind=self.iou_kind)
 
+    def train(self, rows, init: str | Path, out: str | Path, work_dir: str | Path | None = None) -> TrainResult:
+        """:func:`train_grpo` with this config (what :mod:`.launch` calls, in process or launched)."""
+        return train_grpo(rows, init, out, self, work_dir=work_dir)
+
+
+GRPO_TRL = TRLMapping(
+    renames={"warmup_ratio": "warmup_steps"},  # transformers 5: warmup_steps < 1 is a ratio of the steps
+    computed=frozenset({"bf16", "deepspeed"}),  # the device check's decision; the resolved JSON path
+    ours_only=frozenset({
+        "world_size",  # validates batch divisibility only; the launcher sets the real process count
+        "iou_threshold", "format_mode", "iou_kind",  # the reward functions (make_reward_funcs)
+        "image_min_pixels", "image_max_pixels",  # the processor's pixel limits (set_pixel_limits)
+        "determinism",  # apply_determinism() before any model is built
+        "save_steps", "resume_steps",  # our checkpoint callback publishes steps; TRL's saving stays off
+    }),
+)
+"""How :class:`GRPOStageConfig` reaches TRL's ``GRPOConfig`` (:mod:`.trl_args`)."""
+
+
+def grpo_trl_kwargs(cfg: GRPOStageConfig, output_dir: str | Path, *, bf16: bool) -> dict[str, Any]:
+    """The ``GRPOConfig`` keyword arguments of a run: every mapped field of ``cfg`` plus the values
+    the stage fixes (``bf16`` as the device check decided, no fp16, TRL's own saving off, data
+    order seeded by ``seed``, loading in the main process, no tqdm bars in the run log)."""
+    from trl import GRPOConfig
+
+    from deepperception.training.common import resolve_deepspeed
+
+    return GRPO_TRL.kwargs(cfg, GRPOConfig, output_dir=str(output_dir), bf16=bf16, fp16=False,
+                           deepspeed=resolve_deepspeed(cfg.deepspeed), data_seed=cfg.seed, save_strategy="no",
+                           dataloader_num_workers=0, disable_tqdm=True)
+
 
 def _dataset(rows, stage: str = "grpo"):
-    from datasets import Dataset
-
     require_columns(rows, GRPO_COLUMNS, stage=stage, allow_empty=False)
     prompts, images, solutions, qids = [], [], [], []
     for r in rows.to_pylist():
@@ -135,7 +170,7 @@ def _dataset(rows, stage: str = "grpo"):
         images.append(decode_image(r["image"], stage=stage, row=qid, field="image"))
         solutions.append(r["solution"])
         qids.append(qid)
-    return Dataset.from_dict({"prompt": prompts, "image": images, "solution": solutions, "question_id": qids}), qids, \
+    return in_memory_dataset({"prompt": prompts, "image": images, "solution": solutions, "question_id": qids}), qids, \
         prompts, [[im] for im in images]
 
 
@@ -185,19 +220,7 @@ def train_grpo(rows, ckpt_dir: str | Path, out_dir: str | Path, cfg: GRPOStageCo
         stage="grpo", config=cfg.model_dump(mode="json"), init=str(ckpt_dir), rows=qids))
     # Arguments before the model: with a DeepSpeed ZeRO-3 config this makes from_pretrained load
     # the weights already partitioned across ranks instead of whole in every process.
-    args = GRPOConfig(
-        output_dir=str(work / "trainer"), learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps, per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, num_generations=cfg.num_generations,
-        max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, top_k=cfg.top_k,
-        top_p=cfg.top_p, beta=cfg.beta, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards,
-        use_bias_correction_kl=cfg.use_bias_correction_kl,
-        use_vllm=cfg.use_vllm, bf16=device["bf16"], fp16=False, use_cpu=cfg.use_cpu,
-        activation_checkpointing=cfg.activation_checkpointing, lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay, deepspeed=resolve_deepspeed(cfg.deepspeed), seed=cfg.seed,
-        data_seed=cfg.seed, logging_steps=cfg.logging_steps, report_to=cfg.report_to, save_strategy="no",
-        dataloader_num_workers=0, disable_tqdm=True,
-    )
+    args = GRPOConfig(**grpo_trl_kwargs(cfg, work / "trainer", bf16=device["bf16"]))
     dtype = train_dtype(cfg.bf16, cfg.use_cpu)
     model = load_model(ckpt_dir, device="cpu", dtype=dtype)
     model.train()
@@ -244,3 +267,9 @@ def train_grpo(rows, ckpt_dir: str | Path, out_dir: str | Path, cfg: GRPOStageCo
         write_stage_json(out, "train_stage.json", {"stage": "grpo", "base_checkpoint": str(ckpt_dir),
                                                "config": cfg.model_dump(), "metrics": metrics})
     return TrainResult(out, metrics, step_dirs)
+
+
+if __name__ == "__main__":  # a launched training process (deepperception.training.launch)
+    from deepperception.training.launch import main
+
+    main(GRPOStageConfig)

@@ -31,6 +31,7 @@ from typing import Any, Callable, Literal, Sequence
 from pydantic import BaseModel, Field
 
 from deepperception.boxes import box_giou, box_iou, clip_box, is_valid_box
+from deepperception.chat import completion_text  # noqa: F401  (the rewards read completions with it)
 from deepperception.eval.parsing import grpo_bbox, grpo_first_answer, grpo_format_match
 
 FormatMode = Literal["released", "intended"]
@@ -49,27 +50,6 @@ class RewardConfig(BaseModel):
     iou_kind: IoUKind = Field("released", description=(
         "Which box reward goes beside the format reward: 'released' (IoU past iou_threshold, else 0), "
         "'continuous' (IoU), 'squared' (IoU^2) or 'giou' (GIoU in [-1, 1])."))
-
-
-def completion_text(completion: Any) -> str:
-    """The text of one completion, plain or conversational.
-
-    >>> completion_text("<answer>x</answer>")
-    '<answer>x</answer>'
-    >>> completion_text([{"role": "assistant", "content": "hi"}])
-    'hi'
-    >>> completion_text([{"role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}])
-    'ab'
-    """
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, dict):
-        completion = [completion]
-    msg = completion[0] if completion else {}
-    content = msg.get("content", "")
-    if isinstance(content, str):
-        return content
-    return "".join(p.get("text") or "" for p in content if isinstance(p, dict))
 
 
 def iou_score(text: str, solution: str, threshold: float = 0.8) -> float:

@@ -17,31 +17,37 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from deepperception.chat import completion_text
 from deepperception.determinism import DeterminismConfig, apply_determinism
 from deepperception.errors import InputDataError
 from deepperception.images import decode_image
 from deepperception.tables import require_columns
 from deepperception.training.targets import SFTTarget, apply_target
 from deepperception.training.common import (
-    resolve_deepspeed, train_dtype, default_work_dir, train_resumable,
+    train_dtype, default_work_dir, train_resumable,
     Timer, TrainResult, freeze_vision, loss_metrics, write_stage_json,
 )
 from deepperception.training.preflight import (
     check_device, check_lengths, check_model_class, require_box, token_counts,
 )
-from deepperception.training.rewards import completion_text
+from deepperception.training.trl_args import TRLMapping
+from deepperception.training.trl_data import in_memory_dataset
 
 SFT_COLUMNS = ("question_id", "messages", "images")
 
 
 class SFTStageConfig(BaseModel):
-    """CoT-SFT settings (a typed subset of TRL's ``SFTConfig`` plus the freezing options)."""
+    """CoT-SFT settings (a typed subset of TRL's ``SFTConfig`` plus the freezing options; how each
+    field reaches TRL: :data:`SFT_TRL`)."""
 
     model_config = ConfigDict(extra="forbid")
+    STAGE: ClassVar[str] = "sft"
+    ENTRY: ClassVar[str] = "deepperception.training.sft"
+    """The module a launched process runs (``python -m``; its ``__main__`` block)."""
 
     learning_rate: float = Field(5e-6, gt=0, description="Peak LR (official 5e-6).")
     num_train_epochs: float = Field(1.0, gt=0, description="Epochs (official 1). Ignored when max_steps > 0.")
@@ -77,10 +83,39 @@ class SFTStageConfig(BaseModel):
     target: SFTTarget = Field("cot", description="cot: reasoning then answer (CoT-SFT); direct: the answer alone, "
                               "the paper's direct fine-tuning ablation on the same rows.")
 
+    def train(self, rows, init: str | Path, out: str | Path, work_dir: str | Path | None = None) -> TrainResult:
+        """:func:`train_sft` with this config (what :mod:`.launch` calls, in process or launched)."""
+        return train_sft(rows, init, out, self, work_dir=work_dir)
+
+
+SFT_TRL = TRLMapping(
+    renames={"warmup_ratio": "warmup_steps"},  # transformers 5: warmup_steps < 1 is a ratio of the steps
+    computed=frozenset({"bf16", "deepspeed"}),  # the device check's decision; the resolved JSON path
+    ours_only=frozenset({
+        "freeze_vision_tower", "freeze_projector",  # freeze_vision() before the trainer is built
+        "image_min_pixels", "image_max_pixels",  # the processor's pixel limits (set_pixel_limits)
+        "determinism",  # apply_determinism() before any model is built
+        "save_steps", "resume_steps",  # our checkpoint callback publishes steps; TRL's saving stays off
+        "target",  # which assistant turn the rows train on (apply_target)
+    }),
+)
+"""How :class:`SFTStageConfig` reaches TRL's ``SFTConfig`` (:mod:`.trl_args`)."""
+
+
+def sft_trl_kwargs(cfg: SFTStageConfig, output_dir: str | Path, *, bf16: bool) -> dict[str, Any]:
+    """The ``SFTConfig`` keyword arguments of a run: every mapped field of ``cfg`` plus the values
+    the stage fixes (``bf16`` as the device check decided, no fp16, TRL's own saving off, data
+    order seeded by ``seed``, no tqdm bars in the run log)."""
+    from trl import SFTConfig
+
+    from deepperception.training.common import resolve_deepspeed
+
+    return SFT_TRL.kwargs(cfg, SFTConfig, output_dir=str(output_dir), bf16=bf16, fp16=False,
+                          deepspeed=resolve_deepspeed(cfg.deepspeed), data_seed=cfg.seed, save_strategy="no",
+                          disable_tqdm=True)
+
 
 def _dataset(rows, stage: str = "sft", target: SFTTarget = "cot"):
-    from datasets import Dataset
-
     require_columns(rows, SFT_COLUMNS, stage=stage, allow_empty=False)
     messages, images, qids = [], [], []
     for r in rows.to_pylist():
@@ -102,7 +137,7 @@ def _dataset(rows, stage: str = "sft", target: SFTTarget = "cot"):
         messages.append(msgs)
         images.append(imgs)
         qids.append(qid)
-    return Dataset.from_dict({"messages": messages, "images": images}), qids, messages, images
+    return in_memory_dataset({"messages": messages, "images": images}), qids, messages, images
 
 
 def _image_counting_trainer():
@@ -159,16 +194,7 @@ def train_sft(rows, base_ckpt_dir: str | Path, out_dir: str | Path, cfg: SFTStag
         stage="sft", config=cfg.model_dump(mode="json"), init=str(base_ckpt_dir), rows=qids))
     # Arguments before the model: with a DeepSpeed ZeRO-3 config this makes from_pretrained load
     # the weights already partitioned across ranks instead of whole in every process.
-    args = SFTConfig(
-        output_dir=str(work / "trainer"), learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps, per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay, bf16=device["bf16"], fp16=False,
-        use_cpu=cfg.use_cpu, activation_checkpointing=cfg.activation_checkpointing, max_length=cfg.max_length,
-        assistant_only_loss=cfg.assistant_only_loss, deepspeed=resolve_deepspeed(cfg.deepspeed), seed=cfg.seed, data_seed=cfg.seed,
-        logging_steps=cfg.logging_steps, dataloader_num_workers=cfg.dataloader_num_workers, report_to=cfg.report_to,
-        save_strategy="no", disable_tqdm=True,
-    )
+    args = SFTConfig(**sft_trl_kwargs(cfg, work / "trainer", bf16=device["bf16"]))
     dtype = train_dtype(cfg.bf16, cfg.use_cpu)
     model = load_model(base_ckpt_dir, device="cpu", dtype=dtype)
     model.train()
@@ -209,3 +235,9 @@ def train_sft(rows, base_ckpt_dir: str | Path, out_dir: str | Path, cfg: SFTStag
         write_stage_json(out, "train_stage.json", {"stage": "sft", "base_checkpoint": str(base_ckpt_dir),
                                                "config": cfg.model_dump(), "metrics": metrics})
     return TrainResult(out, metrics, step_dirs)
+
+
+if __name__ == "__main__":  # a launched training process (deepperception.training.launch)
+    from deepperception.training.launch import main
+
+    main(SFTStageConfig)

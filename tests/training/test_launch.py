@@ -15,7 +15,18 @@ def test_subprocess_launch_trains_and_returns_result(tiny_ckpt, tmp_path):
 
 
 def test_accelerate_command_line(tmp_path):
-    cmd = command("grpo", tmp_path, "/ckpt", "/out", LaunchConfig(kind="accelerate", num_processes=8))
+    from deepperception.training.grpo import GRPOStageConfig
+
+    cmd = command(GRPOStageConfig.ENTRY, tmp_path, "/ckpt", "/out", LaunchConfig(kind="accelerate", num_processes=8))
     assert cmd[1:6] == ["launch", "--config_file", "infra/accelerate/zero3.yaml", "--num_processes", "8"]
-    assert cmd[6:9] == ["-m", "deepperception.training.launch", "grpo"]
+    assert cmd[6:8] == ["-m", "deepperception.training.grpo"]  # the stage's own module, not a dispatcher
     assert "--config" in cmd and str(tmp_path / "rows.parquet") in cmd
+
+
+def test_a_config_of_another_stage_is_refused(tmp_path):
+    import pytest
+
+    from deepperception.errors import PipelineError
+
+    with pytest.raises(PipelineError, match="grpo training was given a SFTStageConfig"):
+        run_training("grpo", synthetic_sft_rows(1), "/nowhere", tmp_path / "out", profile("toy").sft)
