@@ -12,15 +12,18 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import importlib.util
+from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow
 
 from deepperception import comparison as cmp
 from deepperception.config import ReproductionConfig, load_profile
 from deepperception.pipeline_stages import STAGES, Stage
 from flows import stages
 from flows.dispatch import run_stage_deployment
+from flows.params import Dispatch, ParameterError, ProfileName, described, ref_text, resolve_dispatch
+from tasks.common import run_logger
 from tasks.evaluation import resolve_bench_task
 
 
@@ -34,38 +37,78 @@ GPU_DEPLOYMENTS = {
 
 
 def _gpu_stage(stage_flow, dispatch: str, **params):
-    """Run a GPU stage in this process, or on the `gpu` work pool through its deployment."""
+    """Run a GPU stage in this process, or on the `gpu` work pool through its deployment
+    (references sent as ``name@version`` strings, what the deployments' schemas take)."""
     if dispatch == "inline":
         return stage_flow(**params)
     store_uri = params.pop("store_uri")
-    return run_stage_deployment(GPU_DEPLOYMENTS[stage_flow.name], params, store_uri=store_uri)
+    return run_stage_deployment(GPU_DEPLOYMENTS[stage_flow.name], ref_text(params), store_uri=store_uri)
 
 
-@flow(name="reproduce", log_prints=True)
+def _run_name() -> str:
+    """``reproduce[toy]``, ``reproduce[paper +overrides 1a2b3c4d]``, ``reproduce[mine.yaml]``."""
+    from pathlib import Path
+
+    from prefect.context import FlowRunContext
+
+    from deepperception.version import short_hash
+
+    ctx = FlowRunContext.get()
+    params = dict(ctx.parameters or {}) if ctx else {}
+    what = Path(params["profile_file"]).name if params.get("profile_file") else str(params.get("profile", "demo"))
+    if params.get("overrides"):
+        what += f" +overrides {short_hash(params['overrides'], 8)}"
+    return f"reproduce[{what}]"
+
+
+@flow(name="reproduce", log_prints=True, flow_run_name=_run_name)
+@described(
+    profile="The settings to start from: a profile shipped in deepperception/profiles (`deepperception "
+            "profiles` lists them with what each is for).",
+    overrides='Settings deep-merged onto the profile, e.g. {"grpo": {"beta": 0.02}} (only what differs).',
+    profile_file="Instead of a shipped profile: the path of a YAML profile file on the worker (it may "
+                 "`extends:` a shipped one).",
+    force_stages="Recompute these stages even if unchanged (and hence what depends on them).",
+    dispatch="Where SFT, RL filtering, GRPO and evaluation run: deployments = on the `gpu` work pool; "
+             "inline = in this run's process; auto = deployments when a `gpu` pool with those deployments exists.",
+)
 def reproduce(
-    profile: str = "demo",
-    overrides: dict | None = None,
+    profile: ProfileName = "demo",
+    overrides: dict[str, Any] | None = None,
+    profile_file: str | None = None,
     store_uri: str | None = None,
     force_stages: list[Stage] | None = None,
-    dispatch: Literal["inline", "deployments"] = "inline",
-    config: ReproductionConfig | None = None,
+    dispatch: Dispatch = "auto",
 ) -> dict:
     """Run every stage in order; each reuses its committed version when nothing it depends on
     changed, so a rerun after editing one stage's config recomputes only that stage and below.
 
-    The settings are the ``profile`` with ``overrides`` (a nested mapping such as
-    ``{"grpo": {"beta": 0.02}}``) deep-merged onto it, or a whole validated ``config``.
-
-    ``force_stages`` recomputes the named stages even if unchanged (and hence their dependants).
-    ``dispatch="deployments"`` sends SFT, RL filtering, GRPO and evaluation to their deployments
-    on the `gpu` work pool (prefect.yaml) instead of running them in this process.
+    The settings (profile + overrides) are validated in full before any stage runs.
     """
-    cfg = config or load_profile(profile, overrides, source="the overrides parameter")
+    cfg = load_profile(profile_file or profile, overrides, source="the overrides parameter")
+    mode = resolve_dispatch(dispatch, GPU_DEPLOYMENTS.values())
+    run_logger().info("dispatch=%s: GPU stages run %s", dispatch,
+                      "on the gpu pool's deployments" if mode == "deployments" else "in this process")
+    result = run_reproduction(cfg, store_uri, force_stages, mode)
+    if importlib.util.find_spec("tasks.reporting") is not None:  # H3's parent-run artifacts, once it lands
+        from tasks.reporting import publish_run_artifacts
+
+        publish_run_artifacts(result, store_uri)
+    return result
+
+
+def run_reproduction(cfg: ReproductionConfig, store_uri: str | None = None,
+                     force_stages: list[str] | None = None, dispatch: str = "inline") -> dict:
+    """The reproduction for a validated config: what :func:`reproduce` runs, callable from code
+    and tests that build a config themselves (inside a flow the stages are its subflows; outside
+    one each stage flow is a run of its own). ``dispatch`` is ``inline`` or ``deployments``."""
     force = set(force_stages or [])
     unknown = force - set(STAGES)
     if unknown:
-        raise ValueError(f"unknown stages in force_stages: {sorted(unknown)}; known: {list(STAGES)}")
-    logger = get_run_logger()
+        raise ParameterError(f"parameter 'force_stages': unknown stages {sorted(unknown)}; known: {list(STAGES)}")
+    if dispatch not in ("inline", "deployments"):
+        raise ParameterError(f"parameter 'dispatch': {dispatch!r} is not inline or deployments")
+    logger = run_logger()
     uri = store_uri
     f = lambda name: name in force  # noqa: E731
 
@@ -138,6 +181,8 @@ def reproduce(
             **{k: str(v) for k, v in evaluations.items()},
         },
     }
+
+
 
 if __name__ == "__main__":
     reproduce()

@@ -12,10 +12,55 @@ from prefect.exceptions import MissingContextError
 
 from deepperception.errors import ArtifactError, InputDataError
 from deepperception.store import ArtifactRef, ArtifactStore
+import tasks.events  # noqa: F401,E402 - registers the commit listener (a Prefect event per committed version)
 
 # Reuse is decided by our own deterministic artifact versions (inputs + config + code), which
 # survive across flow runs and machines; Prefect's result cache would only duplicate that.
 TASK_DEFAULTS = dict(cache_policy=NO_CACHE, persist_result=False)
+
+LIBRARY_LOGGER = "deepperception"
+
+
+class RunLogForwarder(logging.Handler):
+    """Sends the library's log records (``deepperception.*``: "stage sft: reusing sft-checkpoint@...")
+    to the Prefect run they happen in, so the UI's run log says what was reused or waited for.
+
+    The equivalent of ``PREFECT_LOGGING_EXTRA_LOGGERS=deepperception`` without depending on each
+    worker's or the CLI's environment, and silent outside a run (Prefect's own handler warns for
+    every record without a run, e.g. from ``deepperception artifacts ls``). Records from threads
+    that do not carry the run context are not forwarded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from prefect.logging.handlers import APILogHandler
+
+        self._api = APILogHandler()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from prefect.context import get_run_context
+        from prefect.logging.handlers import APILogHandler
+
+        try:
+            get_run_context()
+        except MissingContextError:
+            return
+        lib = logging.getLogger(LIBRARY_LOGGER)
+        if any(isinstance(h, APILogHandler) for h in lib.handlers):
+            return  # PREFECT_LOGGING_EXTRA_LOGGERS already includes the library: do not send twice
+        self._api.handle(record)
+
+
+def forward_library_logs() -> None:
+    """Install :class:`RunLogForwarder` on the ``deepperception`` logger (once) and let its INFO
+    records through (its level is only raised from NOTSET, never lowered or overridden)."""
+    lib = logging.getLogger(LIBRARY_LOGGER)
+    if not any(isinstance(h, RunLogForwarder) for h in lib.handlers):
+        lib.addHandler(RunLogForwarder())
+    if lib.level == logging.NOTSET:
+        lib.setLevel(logging.INFO)
+
+
+forward_library_logs()
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter:

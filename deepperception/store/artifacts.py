@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, Field, field_validator
 
 from deepperception.errors import AlreadyCommittedError, ArtifactError, InvalidRefError
+from deepperception.store.events import Commit, notify_commit
 from deepperception.store.refs import ArtifactRef, check_relpath, check_segment
 from deepperception.store.settings import StoreSettings
 from deepperception.version import canonical_json, code_version, git_sha, short_hash
@@ -862,4 +863,5 @@ class VersionWriter:
         )
         self.store._commit_manifest(self.name, self.version, manifest)
         self._committed = True
+        notify_commit(Commit(ref=self.ref, manifest=manifest, store_uri=self.store.uri))  # e.g. a Prefect event
         return self.ref

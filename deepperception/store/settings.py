@@ -7,13 +7,38 @@ so the endpoint is read once here and passed explicitly to both.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from deepperception.errors import ConfigError
+
 DEFAULT_STORE_URI = ".dp-store"
+ENV_PREFIX = "DP_STORE_"
+_TEMPLATE = re.compile(r"\{\{.*\}\}|\{%.*%\}", re.S)
+
+
+def refuse_template(value: Any, variable: str) -> Any:
+    """``value``, unless it is template text that nothing rendered (``{{ $DP_STORE_URI }}``: what a
+    deployment's job env holds when the variable was unset where it was deployed); then a
+    :class:`ConfigError` naming the variable, instead of a store at a path called ``{{ ... }}``.
+
+    >>> refuse_template("s3://bucket/runs", "DP_STORE_URI")
+    's3://bucket/runs'
+    >>> refuse_template("{{ $DP_STORE_S3_ENDPOINT_URL }}", "DP_STORE_S3_ENDPOINT_URL")
+    Traceback (most recent call last):
+    ...
+    deepperception.errors.ConfigError: DP_STORE_S3_ENDPOINT_URL is '{{ $DP_STORE_S3_ENDPOINT_URL }}', template text that was never rendered (an environment variable unset where the deployment was made?); set DP_STORE_S3_ENDPOINT_URL to a real value or leave it unset
+    """
+    text = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if isinstance(text, str) and _TEMPLATE.search(text):
+        shown = "'**********'" if isinstance(value, SecretStr) else repr(text)
+        raise ConfigError(f"{variable} is {shown}, template text that was never rendered (an environment variable "
+                          f"unset where the deployment was made?); set {variable} to a real value or leave it unset")
+    return value
 
 
 class StoreSettings(BaseSettings):
@@ -21,7 +46,7 @@ class StoreSettings(BaseSettings):
     (``DP_STORE_URI=s3://bucket/prefix``, ``DP_STORE_S3_ENDPOINT_URL=http://host:port``);
     credentials fall back to the standard ``AWS_*`` variables."""
 
-    model_config = SettingsConfigDict(env_prefix="DP_STORE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     uri: str = Field(DEFAULT_STORE_URI, description="Local directory or s3://bucket/prefix of the store.")
     s3_endpoint_url: str | None = Field(
@@ -52,6 +77,20 @@ class StoreSettings(BaseSettings):
         "", description="Local cache for files materialised from S3 (checkpoints). Default: ~/.cache/deepperception."
     )
 
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:  # an unrendered template: our one-line error, not pydantic's
+            for err in exc.errors():
+                if isinstance(err.get("ctx", {}).get("error"), ConfigError):
+                    raise err["ctx"]["error"] from None
+            raise
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_template_text(cls, value: Any, info) -> Any:
+        return refuse_template(value, f"{ENV_PREFIX}{info.field_name.upper()}")
+
     @property
     def is_s3(self) -> bool:
         return self.uri.startswith("s3://")
@@ -67,14 +106,20 @@ class StoreSettings(BaseSettings):
         return bucket, prefix
 
     def _endpoint(self) -> str | None:
-        return self.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if self.s3_endpoint_url:
+            return self.s3_endpoint_url
+        for var in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+            if os.environ.get(var):
+                return refuse_template(os.environ[var], var)
+        return None
 
     def _credentials(self) -> tuple[str | None, str | None]:
-        key = self.s3_access_key_id.get_secret_value() if self.s3_access_key_id else os.environ.get("AWS_ACCESS_KEY_ID")
+        key = (self.s3_access_key_id.get_secret_value() if self.s3_access_key_id
+               else refuse_template(os.environ.get("AWS_ACCESS_KEY_ID"), "AWS_ACCESS_KEY_ID"))
         secret = (
             self.s3_secret_access_key.get_secret_value()
             if self.s3_secret_access_key
-            else os.environ.get("AWS_SECRET_ACCESS_KEY")
+            else refuse_template(os.environ.get("AWS_SECRET_ACCESS_KEY"), "AWS_SECRET_ACCESS_KEY")
         )
         return key, secret
 

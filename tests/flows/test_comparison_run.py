@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from deepperception.comparison import ExtraBench, arm_order
+from deepperception.comparison import arm_order
 from deepperception.config import profile
 from deepperception.errors import InputDataError
 from deepperception.eval.groups import DEFAULT_ALL
@@ -48,10 +48,9 @@ def run(prefect_harness, tmp_path_factory):
     bench = stages.build_bench(cfg.datasets, composites, uri, False)
     store = ArtifactStore(StoreSettings(uri=uri))
     kvg = _kvg_bench_from(store, bench, tmp / "kvg-bench.parquet")
-    cfg = cfg.model_copy(update={"comparison": cfg.comparison.model_copy(update={
-        "direct_sft": True, "n_resamples": 200,
-        "extra_benches": [ExtraBench(name="kvg-bench", source=str(tmp / "kvg-bench.parquet"))]})})
-    result = reproduce(config=cfg, store_uri=uri)
+    overrides = {"comparison": {"direct_sft": True, "n_resamples": 200,
+                                "extra_benches": [{"name": "kvg-bench", "source": str(tmp / "kvg-bench.parquet")}]}}
+    result = reproduce(profile="toy", overrides=overrides, store_uri=uri, dispatch="inline")
     report = json.loads(store.read_bytes(ArtifactRef.parse(result["report"]), "report.json"))
     md = store.read_bytes(ArtifactRef.parse(result["report"]), "report.md").decode()
     return {"store": store, "uri": uri, "result": result, "report": report, "md": md, "kvg": kvg, "tmp": tmp}
@@ -145,12 +144,10 @@ def test_a_bad_extra_bench_fails_the_run_before_any_training(run):
     store = run["store"]
     bad = run["tmp"] / "no-answer.parquet"
     pq.write_table(run["kvg"].drop(["answer"]), bad)
-    cfg = profile("toy")
-    cfg = cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"learning_rate": 1e-3}),  # a new SFT version
-                                 "comparison": cfg.comparison.model_copy(update={
-                                     "extra_benches": [ExtraBench(name="kvg-bench", source=str(bad))]})})
+    overrides = {"sft": {"learning_rate": 1e-3},  # a new SFT version
+                 "comparison": {"extra_benches": [{"name": "kvg-bench", "source": str(bad)}]}}
     n_sft = len(store.list("sft-checkpoint"))
     with pytest.raises(InputDataError) as err:
-        reproduce(config=cfg, store_uri=run["uri"])
+        reproduce(profile="toy", overrides=overrides, store_uri=run["uri"], dispatch="inline")
     assert str(bad) in str(err.value) and "field=answer" in str(err.value)
     assert len(store.list("sft-checkpoint")) == n_sft  # nothing trained

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from deepperception.config import profile
 from deepperception.store import ArtifactRef, ArtifactStore, StoreSettings
 
 pytestmark = pytest.mark.slow
@@ -52,7 +51,7 @@ def test_reproduce_dispatches_gpu_stages_to_the_pool(gpu_pool_worker, tmp_path):
     from flows.reproduce import reproduce
 
     uri = str(tmp_path / "store")
-    result = reproduce(config=profile("toy"), store_uri=uri, dispatch="deployments")
+    result = reproduce(profile="toy", store_uri=uri, dispatch="deployments")
     store = ArtifactStore(StoreSettings(uri=uri))
     arts = result["artifacts"]
     with get_client(sync_client=True) as client:

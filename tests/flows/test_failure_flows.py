@@ -97,7 +97,7 @@ def test_reproduce_with_a_dead_labeler_stops_at_labeling_and_commits_nothing_dow
     import sys
     from pathlib import Path
 
-    from deepperception.config import EndpointConfig, profile
+    from deepperception.config import load_profile
     from deepperception.errors import StageFailedError
     from flows import stages
     from flows.reproduce import reproduce
@@ -108,15 +108,14 @@ def test_reproduce_with_a_dead_labeler_stops_at_labeling_and_commits_nothing_dow
     with socket.socket() as s:  # a real dead endpoint: a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = profile("toy")
-    cfg.labeling.backend = "openai"
-    cfg.labeling.endpoint = EndpointConfig(base_url=f"http://127.0.0.1:{port}/v1", model="vl", timeout_s=10,
-                                           max_retries=0, concurrency=4)
+    overrides = {"labeling": {"backend": "openai", "endpoint": {
+        "base_url": f"http://127.0.0.1:{port}/v1", "model": "vl", "timeout_s": 10, "max_retries": 0, "concurrency": 4}}}
+    cfg = load_profile("toy", overrides)
     uri = str(tmp_path / "store")
     with pytest.raises(StageFailedError, match=rf"stage label: \d+ of \d+ items of labeled-images failed \(more than "
                                                rf"max_failure_rate 5.0% allows; \d+ more not attempted\).*"
                                                rf"ConnectError talking to vl at http://127.0.0.1:{port}/v1"):
-        reproduce(config=cfg, store_uri=uri)
+        reproduce(profile="toy", overrides=overrides, store_uri=uri, dispatch="inline")
     store = ArtifactStore.from_uri(uri)
     assert sorted(m.name for m in store.list()) == ["entities", "images"]  # no labeled, composites, cot, bench...
 

@@ -61,8 +61,7 @@ def test_reproduce_toy_end_to_end_then_rerun_reuses(prefect_harness, tmp_path):
     from flows.reproduce import reproduce
 
     uri = str(tmp_path / "store")
-    cfg = profile("toy")
-    first = reproduce(config=cfg, store_uri=uri)
+    first = reproduce(profile="toy", store_uri=uri, dispatch="inline")
     store = ArtifactStore(StoreSettings(uri=uri))
     _check_run(store, first)
     n_versions = len(store.list())
@@ -78,13 +77,13 @@ def test_reproduce_toy_end_to_end_then_rerun_reuses(prefect_harness, tmp_path):
         cards = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["data-card"])))
     assert cards and "data:image/png;base64," in cards[0].data
 
-    again = reproduce(config=cfg, store_uri=uri)
+    again = reproduce(profile="toy", store_uri=uri, dispatch="inline")
     assert again["artifacts"] == first["artifacts"] and again["report"] == first["report"]
     assert len(store.list()) == n_versions  # nothing recomputed
 
     # Changing one downstream stage's config recomputes that stage and below, nothing above.
-    changed = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"max_new_tokens": 8})})
-    third = reproduce(config=changed, store_uri=uri)
+    third = reproduce(profile="toy", overrides={"evaluation": {"max_new_tokens": 8}}, store_uri=uri,
+                      dispatch="inline")
     assert third["artifacts"]["grpo_checkpoint"] == first["artifacts"]["grpo_checkpoint"]
     assert third["artifacts"]["evaluation_grpo"] != first["artifacts"]["evaluation_grpo"]
 
