@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Self-hosted Prefect server on loopback. The UI ships inside the prefect wheel (works offline).
+# `make up` starts one itself (with SeaweedFS, pools, workers and deployments: infra/stack/).
 set -euo pipefail
 PORT="${PREFECT_PORT:-4200}"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false

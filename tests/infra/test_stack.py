@@ -1,0 +1,110 @@
+"""The local stack of `make up` runs a FULL toy reproduction started by deployment name: the parent
+on the `cpu` worker, SFT / RL filtering / GRPO / every evaluation on the `gpu` worker through their
+deployments, every artifact in the SeaweedFS S3 server; `up` again changes nothing; `down` leaves
+no process behind and keeps the data.
+
+One toy run through real workers (each flow run is a fresh Python process), hence `slow`; it
+replaces the former tests/flows/test_dispatch.py (the same run with one gpu worker and a local store).
+"""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+import psutil
+import pytest
+
+from deepperception.store import ArtifactRef, ArtifactStore, StoreSettings
+
+pytestmark = pytest.mark.slow
+
+GPU_STAGES = {"sft_checkpoint": "train-sft", "grpo_dataset": "rl-filter", "grpo_checkpoint": "train-grpo"}
+
+
+@pytest.fixture(scope="module")
+def toy_run(local_stack):
+    out = local_stack.run_deployment("reproduce/full-reproduction",
+                                     {"profile": "toy", "dispatch": "deployments"}, timeout=1500)
+    assert out["state"] == "COMPLETED", out
+    return out
+
+
+def _store(stack, tmp_path) -> ArtifactStore:
+    env = stack.env()
+    return ArtifactStore(StoreSettings(uri=stack.store_uri, s3_endpoint_url=stack.endpoint,
+                                       s3_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                                       s3_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+                                       cache_dir=str(tmp_path / "cache")))
+
+
+def test_full_toy_reproduction_by_deployment_name(local_stack, toy_run, tmp_path):
+    result = toy_run["result"]
+    store = _store(local_stack, tmp_path)
+    report = ArtifactRef.parse(result["report"])
+    assert store.exists(report)
+    # The report's files are objects in the SeaweedFS bucket (not a local directory).
+    s3 = local_stack.s3_client()
+    files = store.manifest(report).files
+    assert files
+    for entry in files:
+        key = store.file_path(report, entry.path).removeprefix(f"{local_stack.bucket}/")
+        assert s3.head_object(Bucket=local_stack.bucket, Key=key)["ContentLength"] == entry.size
+
+    arts = result["artifacts"]
+    evaluations = {k for k in arts if k.startswith("evaluation_")}
+    assert evaluations, sorted(arts)
+    with httpx.Client(base_url=local_stack.api_url, timeout=30) as api:
+        parent = api.get(f"/flow_runs/{toy_run['flow_run_id']}").json()
+        assert parent["work_pool_name"] == "cpu"
+        deployment_of = lambda run: api.get(f"/deployments/{run['deployment_id']}").json()["name"]  # noqa: E731
+        assert deployment_of(parent) == "full-reproduction"
+        for key, deployment in {**GPU_STAGES, **{k: "evaluate-checkpoint" for k in evaluations}}.items():
+            manifest = store.manifest(ArtifactRef.parse(arts[key]))
+            run = api.get(f"/flow_runs/{manifest.flow_run_id}").json()
+            assert (run["work_pool_name"], deployment_of(run)) == ("gpu", deployment), key
+            assert run["parent_task_run_id"] is not None, key  # linked under the parent in the UI
+        # A CPU stage ran inside the parent's process, not on a pool of its own.
+        mined = api.get(f"/flow_runs/{store.manifest(ArtifactRef.parse(arts['entities'])).flow_run_id}").json()
+        assert mined["deployment_id"] is None
+
+
+def test_up_again_starts_nothing(local_stack, toy_run):
+    from infra.stack import Stack
+
+    before = {s.name: s.pid for s in local_stack.status()}
+    assert all(before.values()), before
+    again = Stack(local_stack.root)  # a second `make up`: a new process reading the saved state
+    assert (again.api_url, again.endpoint, again.env()) == (local_stack.api_url, local_stack.endpoint,
+                                                          local_stack.env())
+    did = again.up()
+    assert not [d for d in did if d.startswith(("started", "created"))], did
+    assert {s.name: s.pid for s in again.status()} == before
+
+
+def _ours(root) -> list[psutil.Process]:
+    """Every live process whose environment points into this stack's root (flow runs included)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            home = proc.environ().get("PREFECT_HOME", "")
+        except psutil.Error:
+            continue
+        if home.startswith(str(root)) and proc.pid != os.getpid() and proc.status() != psutil.STATUS_ZOMBIE:
+            found.append(proc)
+    return found
+
+
+def test_down_stops_every_process_and_keeps_the_data(local_stack, toy_run):
+    assert len(_ours(local_stack.root)) >= 4
+    ports = [local_stack.ports["prefect"], local_stack.ports["s3"]]
+    stopped = local_stack.down()
+    assert sorted(stopped) == ["prefect-server", "seaweedfs", "worker-cpu", "worker-gpu"]
+    assert _ours(local_stack.root) == []
+    assert not any(s.running for s in local_stack.status())
+    from infra.stack.stack import port_free
+
+    assert all(port_free(p) for p in ports)
+    assert local_stack.down() == []  # idempotent
+    assert any((local_stack.root / "seaweedfs").rglob("*.dat"))  # SeaweedFS volumes
+    assert (local_stack.root / "prefect" / "prefect.db").is_file()  # runs and deployments
