@@ -61,6 +61,7 @@ MAIN = "<main>"
 _MODULE_STRING = re.compile(r"^(?:%s)(?:\.[A-Za-z_]\w*)*(?::[A-Za-z_]\w*)?$" % "|".join(PACKAGES))
 
 
+@functools.lru_cache(maxsize=None)
 def is_outside(module: str, name: str | None = None) -> bool:
     """Whether ``module`` (or its symbol ``name``) is kept out of versions by :data:`OUTSIDE_VERSIONS`.
 
@@ -462,14 +463,84 @@ def _scope(roots: tuple[str, ...], root: Path) -> CodeScope:
 
 def code_scope(roots: tuple[str, ...] | list[str], root: Path | None = None) -> CodeScope:
     """The :class:`CodeScope` of ``roots`` (``"pkg.mod:name"`` each) in the checkout ``root``
-    (default :data:`SOURCE_ROOT`). Cached per process: the source of one run does not change."""
-    return _scope(tuple(sorted(set(roots))), (root or SOURCE_ROOT).resolve())
+    (default :data:`SOURCE_ROOT`). Cached per process (the source of one run does not change) and
+    on disk per source tree (:func:`tree_digest`), so a rerun does not parse the package again."""
+    key, where = tuple(sorted(set(roots))), (root or SOURCE_ROOT).resolve()
+    return _cached_scope(key, where)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_scope(roots: tuple[str, ...], root: Path) -> CodeScope:
+    path, saved_all = _disk_entries(root)
+    entry = "|".join(roots)
+    saved = saved_all.get(entry)
+    if saved:
+        return CodeScope(roots, frozenset(map(tuple, saved["symbols"])), tuple(saved["files"]), saved["digest"],
+                         {(a, b): (c, d) if c else None for a, b, c, d in saved["parents"]})
+    scope = _scope(roots, root)
+    if path is not None:
+        saved_all[entry] = {"digest": scope.digest, "files": list(scope.files), "symbols": sorted(scope.symbols),
+                            "parents": sorted([*k, *(v or ("", ""))] for k, v in scope.parents.items())}
+        _save(path, saved_all)
+    return scope
+
+
+@functools.lru_cache(maxsize=8)
+def _disk_entries(root: Path) -> tuple[Path | None, dict]:
+    """The on-disk scope cache of this source tree (read once per process): its path and entries."""
+    import json
+
+    path = _disk_cache(root)
+    try:
+        return path, (json.loads(path.read_text()) if path is not None and path.is_file() else {})
+    except (OSError, ValueError):
+        return path, {}
+
+
+def _save(path: Path, data: dict) -> None:
+    import json
+    import os
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".scope-")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)  # atomic: a concurrent reader sees the old or the new file
+    except OSError:
+        pass  # a cache only: an unwritable home directory costs a re-parse, nothing else
+
+
+@functools.lru_cache(maxsize=8)
+def tree_digest(root: Path) -> str:
+    """Hash of every ``.py`` file of :data:`PACKAGES` under ``root`` (path and bytes): the key of the
+    on-disk scope cache, so any edit anywhere (this module's rules included) recomputes scopes."""
+    h = hashlib.sha256()
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:24]
+
+
+def _disk_cache(root: Path) -> Path | None:
+    import os
+
+    base = os.environ.get("DP_CODE_SCOPE_CACHE")
+    if base == "":
+        return None  # DP_CODE_SCOPE_CACHE= (empty) turns the disk cache off
+    base_dir = Path(base).expanduser() if base else Path.home() / ".cache" / "deepperception" / "code-scope"
+    return base_dir / f"{tree_digest(root)}.json"
 
 
 def cache_clear() -> None:
     """Forget parsed source and computed scopes (after editing source in a test)."""
+    _cached_scope.cache_clear()
+    _disk_entries.cache_clear()
     _scope.cache_clear()
     _graph.cache_clear()
+    tree_digest.cache_clear()
+    is_outside.cache_clear()
 
 
 def function_root(fn) -> str | None:
