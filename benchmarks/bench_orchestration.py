@@ -83,14 +83,20 @@ def task_compute(api_url: str, since: dt.datetime, until: dt.datetime) -> dict:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime
     import asyncio
 
+    async def paged(read, **filters):  # the API returns at most 200 rows per call
+        rows = []
+        while True:
+            page = await read(**filters, limit=200, offset=len(rows))
+            rows += page
+            if len(page) < 200:
+                return rows
+
     async def read():
         async with get_client() as client:
-            tasks = await client.read_task_runs(
-                task_run_filter=TaskRunFilter(start_time=TaskRunFilterStartTime(after_=since, before_=until)),
-                limit=1000)
-            flows = await client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since, before_=until)),
-                limit=1000)
+            tasks = await paged(client.read_task_runs, task_run_filter=TaskRunFilter(
+                start_time=TaskRunFilterStartTime(after_=since, before_=until)))
+            flows = await paged(client.read_flow_runs, flow_run_filter=FlowRunFilter(
+                start_time=FlowRunFilterStartTime(after_=since, before_=until)))
             return tasks, flows
 
     os.environ["PREFECT_API_URL"] = api_url
@@ -98,7 +104,10 @@ def task_compute(api_url: str, since: dt.datetime, until: dt.datetime) -> dict:
 
     refresh_global_settings_context()
     tasks, flows = asyncio.run(read())
-    top = [t for t in tasks if not t.task_inputs.get("__parents__") and t.start_time and t.end_time]
+    # A subflow call is also a task run in the parent (the one its flow run points back to): not compute.
+    subflow_calls = {f.parent_task_run_id for f in flows if f.parent_task_run_id is not None}
+    top = [t for t in tasks if not t.task_inputs.get("__parents__") and t.id not in subflow_calls
+           and t.start_time and t.end_time]
     per = sorted(((t.name, (t.end_time - t.start_time).total_seconds()) for t in top), key=lambda x: -x[1])
     parent = [f for f in flows if f.parent_task_run_id is None]
     flow_wall = sum((f.end_time - f.start_time).total_seconds() for f in parent if f.start_time and f.end_time)
@@ -229,6 +238,8 @@ def main() -> None:
             r["started"], r["ended"] = r["started"].isoformat(), r["ended"].isoformat()
             out[key] = r
             print(json.dumps({key: {k: v for k, v in r.items() if k not in ("per_task_s", "tail")}}), flush=True)
+            if a.json:  # what is measured so far survives a later failure
+                a.json.write_text(json.dumps(out, indent=1, default=str))
             return r
 
         if "full" not in skip:

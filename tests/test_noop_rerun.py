@@ -58,6 +58,20 @@ def test_recorded_run_is_answered_with_the_same_refs_and_report_locations(store,
     assert done.result["report_markdown"].endswith("report.md") and report.split("@")[1] in done.result["report_json"]
 
 
+def test_the_record_lives_in_an_s3_store_too(s3_store_uri, toy, tmp_path):
+    from deepperception.store import StoreSettings
+
+    uri, endpoint = s3_store_uri
+    store = ArtifactStore(StoreSettings(uri=uri, s3_endpoint_url=endpoint, cache_dir=str(tmp_path / "cache")))
+    result = _run(store)
+    assert plan.committed_run(toy, store) is None
+    plan.write_record(store, toy, result)
+    done = plan.committed_run(toy, store)
+    assert done is not None and done.result["report_markdown"].startswith("s3://")
+    store.fs.delete_dir(f"{store.root}/{result['artifacts']['evaluation_cot_sft'].replace('@', '/')}")
+    assert plan.committed_run(toy, store) is None
+
+
 def test_no_record_another_config_or_another_store_runs_the_flow(store, toy, tmp_path):
     assert plan.committed_run(toy, store) is None  # never recorded
     plan.write_record(store, toy, _run(store))
