@@ -591,8 +591,11 @@ def top_level_symbols(path: Path, lines: set[int], module: str) -> set[tuple[str
     """The top-level symbols of the module at ``path`` whose *function bodies* contain one of ``lines``
     (line numbers executed, e.g. by ``coverage``); import-time lines (``def``/``class`` headers,
     constants) are not counted, they run whenever the module is imported by anyone."""
-    tree = ast.parse(path.read_text(), str(path))
-    found: set[tuple[str, str]] = set()
+    return {(module, name) for names, body in _function_lines(path) if body & lines for name in names}
+
+
+@functools.lru_cache(maxsize=512)
+def _function_lines(path: Path) -> list[tuple[list[str], frozenset[int]]]:
     tops: list[tuple[ast.stmt, list[str]]] = []
 
     def collect(stmts: list[ast.stmt]) -> None:
@@ -601,20 +604,19 @@ def top_level_symbols(path: Path, lines: set[int], module: str) -> set[tuple[str
             if names:
                 tops.append((s, names))
             elif not isinstance(s, (ast.Import, ast.ImportFrom)):
-                for child in ast.iter_child_nodes(s):
-                    if isinstance(child, ast.stmt):
-                        collect([child])
+                collect([c for c in ast.iter_child_nodes(s) if isinstance(c, ast.stmt)])
 
-    collect(tree.body)
+    collect(ast.parse(path.read_text(), str(path)).body)
+    out = []
     for stmt, names in tops:
         body_lines: set[int] = set()
         for n in ast.walk(stmt):
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
                 body = n.body if isinstance(n.body, list) else [n.body]
                 body_lines.update(range(body[0].lineno, body[-1].end_lineno + 1))
-        if body_lines & lines:
-            found.update((module, name) for name in names)
-    return found
+        if body_lines:
+            out.append((names, frozenset(body_lines)))
+    return out
 
 
 if __name__ == "__main__":  # pragma: no cover - a debugging aid: python -m deepperception.code_scope ROOT [MODULE]

@@ -224,6 +224,8 @@ def test_run_stage_versions_with_the_task_root_and_tells_listeners(lstore):
     assert (reused, again, reused_again) == (False, ref, True)
     want = stage_code_version(("tasks.engine:filter_cot_task",))
     assert lstore.manifest(ref).code_version == want
-    assert [(e.phase, e.reused) for e in events] == [("start", None), ("end", False), ("start", None), ("end", True),
-                                                     ("start", None), ("end", None)]
-    assert events[1].ref == ref and ("tasks.engine", "filter_cot_task") in events[1].scope.symbols
+    assert [(e.phase, e.reused) for e in events] == [
+        ("start", None), ("produce", None), ("produced", None), ("end", False),  # computed
+        ("start", None), ("end", True),  # reused: the body never ran
+        ("start", None), ("produce", None), ("produced", None), ("end", None)]  # failed
+    assert events[3].ref == ref and ("tasks.engine", "filter_cot_task") in events[3].scope.symbols

@@ -29,9 +29,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StageEvent:
-    """What :func:`run_stage` tells its listeners, once when a stage starts and once when it ends."""
+    """What :func:`run_stage` tells its listeners as a stage starts, runs its body and ends."""
 
-    phase: Literal["start", "end"]
+    phase: Literal["start", "produce", "produced", "end"]
+    """``start``/``end`` around the whole stage (reuse included); ``produce``/``produced`` around the
+    body alone, when it runs (planning, claiming and committing are the store's, not the stage's)."""
     stage: str
     name: str
     upstream: dict[str, ArtifactRef]
@@ -214,7 +216,11 @@ def _compute(writer: VersionWriter, stage: str, upstream: dict[str, ArtifactRef]
 def _produce_and_commit(writer: VersionWriter, stage: str, upstream: dict[str, ArtifactRef],
                         produce: Callable[[VersionWriter], dict[str, Any] | None]) -> ArtifactRef:
     try:
-        metadata = produce(writer)
+        _notify(StageEvent("produce", stage, writer.name, dict(upstream), None, writer.ref))
+        try:
+            metadata = produce(writer)
+        finally:
+            _notify(StageEvent("produced", stage, writer.name, dict(upstream), None, writer.ref))
     except InputDataError as exc:
         # Name the stage, and the input artifact when there is only one candidate.
         if exc.stage is None or (exc.artifact is None and len(upstream) == 1):
