@@ -18,6 +18,9 @@ store in a temporary directory:
   is created with ``run_deployment(timeout=0)`` and its state history read back: created ->
   Pending (the worker polled and claimed it) -> Running (the flow's subprocess started) ->
   Completed, at ``PREFECT_WORKER_QUERY_SECONDS`` = Prefect's default (10) and 1.
+* **the make-up stack** (``infra.stack.Stack``, skipped with ``--skip stack``): bring-up, a full
+  reproduction by deployment name through the cpu and gpu workers into SeaweedFS, the same run
+  again, and the CLI against the stack (no-op through the flow, then from the run record).
 
 The Prefect server for the "server running" cases is ``deepperception.prefect_server.local_server``
 (the CLI's own, started once here); the worker part starts its own worker processes.
@@ -206,12 +209,59 @@ def worker_latency(api_url: str, home: Path, work: Path, query_seconds: float | 
             "samples": [{k: round(v, 2) for k, v in s.items()} for s in samples]}
 
 
+# ---------------------------------------------------------------------------- the make-up stack
+def stack_runs(work: Path, profile: str, out: dict, save) -> None:
+    """The server path as `make up` gives it (infra/stack: Prefect server, SeaweedFS, cpu/gpu
+    process workers polling every 2 s): bring-up time, a full reproduction by deployment name with
+    every GPU stage on the gpu worker, the same run again (all reused), and the CLI against that
+    stack (S3 store): a no-op through the flow (which writes the run record), then from the record."""
+    from infra.stack import Stack
+
+    stack = Stack(work / "stack", prefect_port=0, s3_port=0, tie_to_parent=True)
+    t = time.perf_counter()
+    did = stack.up()
+    out["stack_up_s"] = {"wall_s": round(time.perf_counter() - t, 2), "did": did}
+    print(json.dumps({"stack_up_s": out["stack_up_s"]}), flush=True)
+    save()
+    try:
+        params = {"profile": profile, "dispatch": "deployments"}
+        for key in ("stack_full", "stack_noop_by_deployment"):
+            started = dt.datetime.now(dt.timezone.utc)
+            t = time.perf_counter()
+            res = stack.run_deployment("reproduce/full-reproduction", params, timeout=CLI_TIMEOUT_S)
+            wall = time.perf_counter() - t
+            if res.get("state") != "COMPLETED":
+                raise SystemExit(f"{key}: {res}")
+            r = {"wall_s": round(wall, 2), **task_compute(stack.api_url, started, dt.datetime.now(dt.timezone.utc))}
+            out[key] = r
+            print(json.dumps({key: {k: v for k, v in r.items() if k != "per_task_s"}}), flush=True)
+            save()
+        env = {**_cli_env(None, stack.prefect_home), **stack.env()}
+        for key in ("stack_cli_noop_flow", "stack_cli_noop_record"):
+            log = work / f"{key}.log"
+            t = time.perf_counter()
+            with open(log, "w") as fh:
+                proc = subprocess.run([sys.executable, "-m", "deepperception.cli", "reproduce", "--profile", profile],
+                                      cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=CLI_TIMEOUT_S)
+            wall = time.perf_counter() - t
+            text = log.read_text(errors="replace")
+            if proc.returncode != 0:
+                raise SystemExit(f"{key} failed, log {log}:\n{text[-2000:]}")
+            out[key] = {"wall_s": round(wall, 2), "answered_from_record": "nothing to run" in text}
+            print(json.dumps({key: out[key]}), flush=True)
+            save()
+    finally:
+        t = time.perf_counter()
+        stack.down()
+        out["stack_down_s"] = round(time.perf_counter() - t, 2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="toy")
     ap.add_argument("--noop-repeats", type=int, default=3)
     ap.add_argument("--latency-runs", type=int, default=4)
-    ap.add_argument("--skip", default="", help="comma list of: full, eval, noop, latency")
+    ap.add_argument("--skip", default="", help="comma list of: full, eval, noop, latency, stack")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the store and logs here (default: a temp dir)")
     a = ap.parse_args()
@@ -265,6 +315,8 @@ def main() -> None:
             refresh_global_settings_context()
             out["worker_latency"] = [worker_latency(api, home, work, q, a.latency_runs) for q in (None, 1.0)]
             print(json.dumps({"worker_latency": out["worker_latency"]}), flush=True)
+    if "stack" not in skip:
+        stack_runs(work, a.profile, out, lambda: a.json and a.json.write_text(json.dumps(out, indent=1, default=str)))
     out["load_at_end"] = round(os.getloadavg()[0], 1)
     if a.json:
         a.json.write_text(json.dumps(out, indent=1, default=str))
