@@ -267,7 +267,7 @@ def metrics_table(report: dict[str, Any]) -> list[dict[str, Any]]:
     ...                    "seen domain": {"all": {"Acc": 0.75, "IoU": 0.6, "Num": 4}}},
     ...        "cis": {"all": {"lo": 0.25, "hi": 0.75}}}]}
     >>> metrics_table(rep)[0]
-    {'bench': 'composed', 'arm': 'CoT-SFT', 'N': 8, 'Acc@0.5 %': 50.0, 'Acc@0.5 95% CI': '[25.00, 75.00]', 'IoU %': 41.0, 'seen Acc@0.5 %': 75.0, 'unseen Acc@0.5 %': None, 'evaluation': 'evaluation@1'}
+    {'bench': 'composed', 'arm': 'CoT-SFT', 'N': 8, 'Acc@0.5 %': 50.0, '95% CI': '[25.00, 75.00]', 'IoU %': 41.0, 'seen Acc %': 75.0, 'unseen Acc %': None, 'evaluation': 'evaluation@1'}
     """
     rows = []
     for c in report.get("checkpoints", []):
@@ -277,9 +277,9 @@ def metrics_table(report: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append({
             "bench": c.get("bench_name", COMPOSED_BENCH), "arm": arm_title(c["label"]), "N": overall.get("Num"),
             "Acc@0.5 %": _rounded_pct(overall.get("Acc")),
-            "Acc@0.5 95% CI": f"[{_pct(ci['lo'])}, {_pct(ci['hi'])}]" if "lo" in ci and "hi" in ci else None,
+            "95% CI": f"[{_pct(ci['lo'])}, {_pct(ci['hi'])}]" if "lo" in ci and "hi" in ci else None,
             "IoU %": _rounded_pct(overall.get("IoU")),
-            "seen Acc@0.5 %": _rounded_pct(seen.get("Acc")), "unseen Acc@0.5 %": _rounded_pct(unseen.get("Acc")),
+            "seen Acc %": _rounded_pct(seen.get("Acc")), "unseen Acc %": _rounded_pct(unseen.get("Acc")),
             "evaluation": c.get("evaluation"),
         })
     return rows
@@ -310,9 +310,9 @@ def versions_markdown(rows: list[VersionRow], store: str) -> str:
     <BLANKLINE>
     Store: `s3://b/runs`. 0 new, 1 reused (committed by an earlier run with the same inputs, config and code).
     <BLANKLINE>
-    | role | version | stage | committed | by flow run | location |
+    | role | version | this run | committed (UTC) | by flow run | location |
     |---|---|---|---|---|---|
-    | bench | `bench@ab12` | bench | 2026-01-01 00:00:00 (reused) | [brave-fox](http://ui/runs/flow-run/1) | `s3://b/runs/bench/ab12` |
+    | bench | `bench@ab12` | reused | 2026-01-01 00:00:00 | [brave-fox](http://ui/runs/flow-run/1) | `s3://b/runs/bench/ab12` |
     <BLANKLINE>
     """
     new = sum(1 for r in rows if r.new)
@@ -320,11 +320,10 @@ def versions_markdown(rows: list[VersionRow], store: str) -> str:
     lines = ["# Artifact versions of this run", "",
              f"Store: {md_code(store)}. {new} new, {reused} reused (committed by an earlier run with the same "
              "inputs, config and code).", "",
-             "| role | version | stage | committed | by flow run | location |", "|---|---|---|---|---|---|"]
+             "| role | version | this run | committed (UTC) | by flow run | location |", "|---|---|---|---|---|---|"]
     for r in rows:
-        when = r.created_at[:19].replace("T", " ") + {True: " (new)", False: " (reused)", None: ""}[r.new]
         run = (f"[{md_text(r.committed_by or 'flow run')}]({r.committed_by_url})" if r.committed_by_url
                else md_text(r.committed_by or "—"))
-        lines.append(f"| {md_text(r.role)} | {md_code(r.ref)} | {md_text(r.stage)} | {when} | {run} | "
-                     f"{md_code(r.location)} |")
+        lines.append(f"| {md_text(r.role)} | {md_code(r.ref)} | {({True: 'new', False: 'reused', None: '?'})[r.new]} | "
+                     f"{r.created_at[:19].replace('T', ' ')} | {run} | {md_code(r.location)} |")
     return "\n".join(lines) + "\n"

@@ -25,6 +25,7 @@ from uuid import UUID
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 
+from deepperception.markdown import md_text
 from deepperception.report import VersionRow, metrics_table, versions_markdown
 from deepperception.store import ArtifactRef, ArtifactStore
 from tasks.common import open_store, run_logger
@@ -101,15 +102,17 @@ def publish_run_artifacts(result: dict[str, Any], store_uri: str | None = None) 
     report = json.loads(store.read_bytes(report_ref, "report.json"))
     profile = (report.get("header") or {}).get("profile")
     what = f"profile {profile}" if profile else "this run"
+    # Descriptions are Markdown in the UI too (Acc@0.5 would become a mail link).
     ids = {
         REPORT_KEY: create_markdown_artifact(markdown, key=REPORT_KEY,
-                                             description=f"Reproduction report ({what}), {report_ref}"),
-        METRICS_KEY: create_table_artifact(metrics_table(report), key=METRICS_KEY,
-                                           description=f"Acc@0.5 / CI / IoU per arm and bench ({what}), {report_ref}"),
+                                             description=md_text(f"Reproduction report ({what}), {report_ref}")),
+        METRICS_KEY: create_table_artifact(
+            metrics_table(report), key=METRICS_KEY,
+            description=md_text(f"Acc@0.5 with its 95% CI, IoU per arm and bench ({what}), {report_ref}")),
     }
     refs = {"report": str(report_ref), **result.get("artifacts", {})}
     rows = version_rows(store, refs, since=_run_started())
     ids[VERSIONS_KEY] = create_markdown_artifact(
         versions_markdown(rows, store.uri), key=VERSIONS_KEY,
-        description=f"{len(rows)} artifact versions ({sum(1 for r in rows if r.new)} new) in {store.uri}")
+        description=md_text(f"{len(rows)} artifact versions ({sum(1 for r in rows if r.new)} new) in {store.uri}"))
     return ids

@@ -93,9 +93,9 @@ def test_md_helpers_round_trip_through_a_commonmark_renderer():
 def test_metrics_table_and_version_index_from_a_report():
     report = render_json([_summary("sft", 0.5), _summary("grpo", 0.25, "kvg-bench")], {"profile": "toy"})
     rows = metrics_table(report)
-    assert [(r["bench"], r["arm"], r["Acc@0.5 %"], r["Acc@0.5 95% CI"]) for r in rows] == [
+    assert [(r["bench"], r["arm"], r["Acc@0.5 %"], r["95% CI"]) for r in rows] == [
         ("composed", "CoT-SFT", 50.0, "[40.00, 60.00]"), ("kvg-bench", "CoT-SFT+GRPO", 25.0, "[15.00, 35.00]")]
-    assert all(set(r) >= {"N", "IoU %", "seen Acc@0.5 %", "unseen Acc@0.5 %", "evaluation"} for r in rows)
+    assert all(set(r) >= {"N", "IoU %", "seen Acc %", "unseen Acc %", "evaluation"} for r in rows)
     md = versions_markdown([
         VersionRow(role="sft_checkpoint", ref="sft-checkpoint@1", stage="sft", created_at="2026-01-01T00:00:00+00:00",
                    location="/store/sft-checkpoint/1", new=True, committed_by="train-sft[cfg 1]",
@@ -103,6 +103,6 @@ def test_metrics_table_and_version_index_from_a_report():
         VersionRow(role="bench", ref="bench@2", stage="bench", created_at="2025-12-31T00:00:00+00:00",
                    location="/store/bench/2", new=False)], "/store")
     assert "1 new, 1 reused" in md
-    assert "| sft\\_checkpoint | `sft-checkpoint@1` | sft | 2026-01-01 00:00:00 (new) | " \
+    assert "| sft\\_checkpoint | `sft-checkpoint@1` | new | 2026-01-01 00:00:00 | " \
            "[train-sft\\[cfg 1\\]](http://127.0.0.1:4200/runs/flow-run/abc) | `/store/sft-checkpoint/1` |" in md
-    assert "| bench | `bench@2` | bench | 2025-12-31 00:00:00 (reused) | — | `/store/bench/2` |" in md
+    assert "| bench | `bench@2` | reused | 2025-12-31 00:00:00 | — | `/store/bench/2` |" in md

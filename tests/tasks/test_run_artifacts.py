@@ -77,7 +77,7 @@ def test_parent_run_carries_report_metrics_and_every_version(prefect_harness, tm
     report = store.latest("report")
     assert arts[REPORT_KEY].type == "markdown" and arts[REPORT_KEY].data == store.read_bytes(report, "report.md").decode()
     table = json.loads(arts[METRICS_KEY].data)
-    assert [(r["arm"], r["Acc@0.5 %"], r["Acc@0.5 95% CI"]) for r in table] == [
+    assert [(r["arm"], r["Acc@0.5 %"], r["95% CI"]) for r in table] == [
         ("CoT-SFT", 50.0, "[40.00, 60.00]"), ("CoT-SFT+GRPO", 62.5, "[52.50, 72.50]")]
     index = arts[VERSIONS_KEY].data
     assert "1 new, 1 reused" in index
