@@ -74,13 +74,15 @@ class ServiceStatus:
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether ``host:port`` can be bound now.
+    """Whether a server could listen on ``host:port`` now. SO_REUSEADDR as the servers set it:
+    connections of a just-stopped server still in TIME_WAIT do not make the port taken.
 
     >>> with socket.socket() as s:
     ...     s.bind(("127.0.0.1", 0)); s.listen(); port_free(s.getsockname()[1])
     False
     """
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -361,12 +363,13 @@ class Stack:
             if self._ensure_bucket():
                 did.append(f"created bucket {self.bucket}")
             did += self._ensure_pools()
-            if deploy and self._deploy(force=redeploy):
-                did.append("deployed prefect.yaml")
+            # Workers need only their pools: they start while the deployments register.
             workers = [p for p in POOLS if not self._running(f"worker-{p}")]
             since = time.time() - 1.0
             for pool in workers:
                 self._start(f"worker-{pool}", self._worker_cmd(pool))
+            if deploy and self._deploy(force=redeploy):
+                did.append("deployed prefect.yaml")
             for pool in workers:
                 self._wait_worker(pool, since)
             did += [f"started worker-{p}" for p in workers]

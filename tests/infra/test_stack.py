@@ -17,7 +17,8 @@ import pytest
 
 from deepperception.store import ArtifactRef, ArtifactStore, StoreSettings
 
-pytestmark = pytest.mark.slow
+# Setup (stack up + the toy run) counts against the first test: minutes on a loaded 2-core machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 GPU_STAGES = {"sft_checkpoint": "train-sft", "grpo_dataset": "rl-filter", "grpo_checkpoint": "train-grpo"}
 
@@ -49,7 +50,7 @@ def test_full_toy_reproduction_by_deployment_name(local_stack, toy_run, tmp_path
     assert files
     for entry in files:
         key = store.file_path(report, entry.path).removeprefix(f"{local_stack.bucket}/")
-        assert s3.head_object(Bucket=local_stack.bucket, Key=key)["ContentLength"] == entry.size
+        assert s3.head_object(Bucket=local_stack.bucket, Key=key)["ContentLength"] == entry.bytes
 
     arts = result["artifacts"]
     evaluations = {k for k in arts if k.startswith("evaluation_")}
