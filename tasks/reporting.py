@@ -90,13 +90,30 @@ def version_rows(store: ArtifactStore, refs: dict[str, str], since: dt.datetime 
     return rows
 
 
+def store_uri_of(result: dict[str, Any]) -> str | None:
+    """The store a ``reproduce`` result lives in, from its ``report_markdown`` location (what
+    :meth:`ArtifactStore.location` wrote: ``<store>/<name>/<version>/...``), or None.
+
+    >>> store_uri_of({"report": "report@ab12", "report_markdown": "s3://b/runs/report/ab12/_attempts/x/report.md"})
+    's3://b/runs'
+    >>> store_uri_of({"report": "report@ab12"}) is None
+    True
+    """
+    ref, where = result.get("report"), result.get("report_markdown")
+    if not ref or not where:
+        return None
+    ref = ArtifactRef.parse(ref)
+    root, sep, _ = str(where).partition(f"/{ref.name}/{ref.version}/")
+    return root if sep else None
+
+
 def publish_run_artifacts(result: dict[str, Any], store_uri: str | None = None) -> dict[str, UUID]:
     """Create the parent run's ``run-report``, ``run-metrics`` and ``run-artifact-versions``
     artifacts from ``reproduce``'s result (its ``report`` ref and ``artifacts`` mapping), reading
-    the store at ``store_uri`` (None: the environment's default, as the stages do). Returns the
-    artifact ids by key. Call it from the parent flow's body (not from a task) so the artifacts
-    are the parent run's."""
-    store = open_store(store_uri)
+    the store at ``store_uri`` (None: the store the result's report lives in, endpoint and
+    credentials from the environment as for the stages). Returns the artifact ids by key. Call it
+    from the parent flow's body (not from a task) so the artifacts are the parent run's."""
+    store = open_store(store_uri or store_uri_of(result))
     report_ref = ArtifactRef.parse(result["report"])
     markdown = store.read_bytes(report_ref, "report.md").decode()
     report = json.loads(store.read_bytes(report_ref, "report.json"))
