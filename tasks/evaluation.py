@@ -1,5 +1,7 @@
 """Thin Prefect tasks of evaluation: bring a bench in, run a checkpoint on a bench, score it,
-write the report."""
+write the report. The evaluation's work (inference, scoring, its files, chart and summary) is
+:func:`deepperception.eval.stage.evaluate_into`; the task reads inputs, calls it, commits, and
+publishes the Prefect table and Markdown artifacts it returns."""
 
 from __future__ import annotations
 
@@ -10,8 +12,6 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from deepperception.config import EvalStageConfig
-from deepperception.determinism import apply_determinism
-from deepperception.eval.publish import bar_chart_png, markdown_summary
 from deepperception.comparison import COMPOSED_BENCH
 from deepperception.errors import InputDataError
 from deepperception.report import EvalSummary, paired_differences, render_json, render_markdown
@@ -28,19 +28,6 @@ def _artifact_key(text: str) -> str:
     'eval-grpo-ckpt-1'
     """
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
-
-
-def metrics_rows(metrics: dict, cis: dict | None = None) -> list[dict]:
-    """Official metrics.json -> one table row per group (for the Prefect UI)."""
-    rows = []
-    for group, value in metrics.items():
-        cell = value.get("all", value)
-        row = {"group": group, "Acc": round(cell["Acc"], 4), "IoU": round(cell["IoU"], 4), "Num": cell["Num"]}
-        ci = (cis or {}).get(group, {}).get("official")
-        if ci:
-            row["Acc 95% CI"] = f"[{ci['lo']:.4f}, {ci['hi']:.4f}]"
-        rows.append(row)
-    return rows
 
 
 @task(name="resolve-bench", **TASK_DEFAULTS)
@@ -87,11 +74,8 @@ def evaluate_task(
     the official KVG-Bench lists (an imported kvg-bench.parquet). ``checkpoint_step`` scores one of
     the intermediate checkpoints the training stage published (``name@version#step=N``) instead
     of its final one; it is part of the evaluation's version."""
-    from deepperception.eval.inference import run_inference
-    from deepperception.eval.io import read_outputs
-    from deepperception.eval.scoring import score
-
     from deepperception.eval.groups import DEFAULT_ALL, DEFAULT_SEEN
+    from deepperception.eval.stage import evaluate_into
 
     store = open_store(store_uri)
     logger = run_logger()
@@ -104,48 +88,27 @@ def evaluate_task(
         stage_cfg["checkpoint_step"] = checkpoint_step
 
     def produce(w):
-        work = eval_work_dir(store, w, checkpoint, bench)
-        apply_determinism(config.determinism)  # threads/kernels fixed before the model loads
-        bench_table = read_input_table(store, bench, "evaluate")
+        lineage = {"checkpoint": str(checkpoint), "bench": str(bench), "evaluation": str(w.ref),
+                   "config hash": w.config_hash, "code version": w.code_version}
         # The work dir is our scratch space: outputs of another run found there are discarded
         # (and logged), never an error the user has to clean up by hand.
-        outputs_path = run_inference(
-            bench_table, checkpoint_dir(store, checkpoint, checkpoint_step), work, backend=config.backend,
-            batch_size=config.batch_size, prompt_mode=config.prompt_mode,
-            max_new_tokens=config.max_new_tokens, device=config.device, stale="recreate")
-        result = score(bench_table, read_outputs(outputs_path), seen_categories, all_categories,
-                       empty_groups="omit", n_resamples=config.n_resamples, seed=config.seed,
-                       artifact=str(bench))
-        w.write_table(result.predictions_table(), "predictions")
-        w.write_bytes("outputs.jsonl", outputs_path.read_bytes())
-        w.write_bytes("metrics.json", json.dumps(result.metrics).encode())  # official format: no indent
-        w.write_json("strict.json", result.strict)
-        w.write_json("cis.json", result.cis)
-        run_json = work / "run.json"
-        if run_json.is_file():
-            w.write_bytes("run.json", run_json.read_bytes())
-        overall = result.metrics["all"]["all"]
-        logger.info("evaluate %s: Acc %.4f IoU %.4f on %d questions", label, overall["Acc"], overall["IoU"],
-                    overall["Num"])
-        chart = bar_chart_png(result.metrics, result.cis, title=f"{label}: KVG Acc@0.5 per group")
-        w.write_bytes("chart.png", chart)
+        out = evaluate_into(w, read_input_table(store, bench, "evaluate"),
+                            checkpoint_dir(store, checkpoint, checkpoint_step), eval_work_dir(store, w, checkpoint, bench),
+                            config, label=label, checkpoint=str(checkpoint), bench=str(bench),
+                            seen_categories=seen_categories, all_categories=all_categories, lineage=lineage,
+                            checkpoint_step=checkpoint_step)
+        logger.info("evaluate %s: Acc %.4f IoU %.4f on %d questions", label, out.overall["Acc"], out.overall["IoU"],
+                    out.overall["Num"])
         # One key per arm: Prefect keeps every bench's table in that key's history (the
         # description names the bench).
         key = _artifact_key(f"eval-{label}")
-        create_table_artifact(metrics_rows(result.metrics, result.cis), key=key,
-                              description=f"KVG metrics of {label} ({checkpoint}) on {bench}")
-        lineage = {"checkpoint": str(checkpoint), "bench": str(bench), "evaluation": str(w.ref),
-                   "config hash": w.config_hash, "code version": w.code_version}
-        create_markdown_artifact(markdown_summary(result.metrics, result.cis, result.strict, lineage, chart),
-                                 key=f"{key}-summary",
+        create_table_artifact(out.table_rows, key=key, description=f"KVG metrics of {label} ({checkpoint}) on {bench}")
+        create_markdown_artifact(out.summary_markdown, key=f"{key}-summary",
                                  description=f"KVG evaluation of {label} with chart and CIs")
-        return {"label": label, "checkpoint": str(checkpoint), "checkpoint_step": checkpoint_step,
-                "bench": str(bench), "metrics": result.metrics,
-                "strict": result.strict, "cis": result.cis, "summary": result.summary()}
+        return out.metadata
 
     return run_stage(store, "evaluation", "evaluate", stage_cfg, {"checkpoint": checkpoint, "bench": bench},
-                     produce, force=force,
-                     code=("deepperception.eval.inference", "deepperception.eval.scoring", "deepperception.eval.publish"), task_module=__name__)[0]
+                     produce, force=force)[0]
 
 
 def _summary(store, key: str, ref: ArtifactRef, bench_names: dict[str, str]) -> EvalSummary:
@@ -217,8 +180,7 @@ def report_task(
         w.write_json("report.json", render_json(summaries, head, diffs))
         return {"checkpoints": [s.label for s in summaries], "differences": len(diffs)}
 
-    ref, _ = run_stage(store, "report", "report", {"header": header}, dict(evaluations), produce, force=force,
-                       code=("deepperception.report",), task_module=__name__)
+    ref, _ = run_stage(store, "report", "report", {"header": header}, dict(evaluations), produce, force=force)
     markdown = store.read_bytes(ref, "report.md").decode()
     create_markdown_artifact(markdown, key="reproduction-report", description=f"report {ref}")
     return {"report": str(ref), "report_markdown": store.location(ref, "report.md"),
