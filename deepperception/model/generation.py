@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from PIL import Image
 
+from deepperception.errors import InputDataError
 from deepperception.prompts import PromptMode, grounding_messages
 
 # qwen_vl_utils 0.0.10 defaults (the version the official evaluator pins).
@@ -129,6 +130,67 @@ def render_prompt(processor, question: str, mode: PromptMode) -> str:
     """The official prompt text: one user turn (image, then question + suffix) through the chat
     template with ``add_generation_prompt=True``; the template adds the default system prompt."""
     return processor.apply_chat_template(grounding_messages(question, mode), tokenize=False, add_generation_prompt=True)
+
+
+def normalize_rows(rows: Any, required: Sequence[str], *, stage: str) -> list[dict]:
+    """A list of row dicts from a ``pyarrow.Table`` or an iterable of dicts, checking columns and
+    unique ``question_id``\\ s (raises :class:`InputDataError` naming the row and field).
+
+    >>> normalize_rows([{"question_id": "a", "question": "q"}], ("question_id", "question"), stage="s")[0]["question"]
+    'q'
+    >>> normalize_rows([{"question_id": "a"}, {"question_id": "a"}], ("question_id",), stage="s")
+    Traceback (most recent call last):
+    ...
+    deepperception.errors.InputDataError: [stage=s row=1 field=question_id] duplicate question_id 'a'
+    """
+    import pyarrow as pa
+
+    from deepperception.tables import require_columns
+
+    if isinstance(rows, pa.Table):
+        require_columns(rows, required, stage=stage)
+        rows = rows.to_pylist()
+    out: list[dict] = []
+    seen: set[str] = set()
+    for i, r in enumerate(rows):
+        for c in required:
+            if c not in r:
+                raise InputDataError("missing column", stage=stage, row=i, field=c)
+        qid = r["question_id"]
+        if not isinstance(qid, str) or not qid:
+            raise InputDataError(f"question_id must be a non-empty string, got {qid!r}", stage=stage, row=i, field="question_id")
+        if qid in seen:
+            raise InputDataError(f"duplicate question_id {qid!r}", stage=stage, row=i, field="question_id")
+        seen.add(qid)
+        out.append(dict(r))
+    return out
+
+
+def batches(seq: Sequence[dict], n: int) -> Iterator[list[dict]]:
+    """Consecutive slices of ``n`` (the last one shorter).
+
+    >>> [len(b) for b in batches([{}] * 5, 2)]
+    [2, 2, 1]
+    """
+    for i in range(0, len(seq), n):
+        yield list(seq[i:i + n])
+
+
+def prepare_batch(rows: Sequence[dict], processor, mode: PromptMode, preresize: bool):
+    """``(prompts, images, hws)`` of rows with ``question_id``, ``image``, ``question``: each image
+    decoded (errors name the row), pre-resized as the official evaluator does when ``preresize``
+    (else converted to RGB), its original ``[height, width]``, and the rendered prompt."""
+    from deepperception.images import decode_image
+
+    prompts, images, hws = [], [], []
+    for r in rows:
+        img = decode_image(r["image"], row=r["question_id"])
+        w, h = img.size
+        hws.append([int(h), int(w)])
+        img = official_fetch_image(img) if preresize else img.convert("RGB")
+        images.append(img)
+        prompts.append(render_prompt(processor, r["question"], mode))
+    return prompts, images, hws
 
 
 @dataclass

@@ -205,7 +205,7 @@ def check_params(n_samples: int, keep_min: int, keep_max: int, on_empty: str) ->
 
 Sampler = Callable[..., dict[str, list[str]]]
 """``sampler(table, ckpt_dir, n=, temperature=, max_new_tokens=, seed=, batch_size=, top_k=, top_p=,
-device=) -> {question_id: [answer, ...]}`` (the signature of ``inference.sample_answers``)."""
+device=) -> {question_id: [answer, ...]}`` (the signature of ``model.sampling.sample_answers``)."""
 
 
 def score(
@@ -233,7 +233,7 @@ def score(
     null for one sample: the samples as one GRPO group give no gradient).
 
     ``samples`` (qid -> answers) skips sampling; otherwise ``sampler`` (default
-    :func:`deepperception.eval.inference.sample_answers`) samples ``ckpt_dir``. GT boxes are checked
+    :func:`deepperception.model.sampling.sample_answers`) samples ``ckpt_dir``. GT boxes are checked
     before anything is sampled, so a bad row fails in seconds, named.
     """
     import pyarrow as pa
@@ -256,8 +256,8 @@ def score(
         if ckpt_dir is None:
             raise ConfigError("rl_filter needs ckpt_dir or precomputed samples")
         if sampler is None:
-            from deepperception.eval import inference
-            sampler = inference.sample_answers
+            from deepperception.model import sampling
+            sampler = sampling.sample_answers
         samples = sampler(table, ckpt_dir, n=n_samples, temperature=temperature, max_new_tokens=max_new_tokens,
                           seed=seed, batch_size=batch_size, top_k=top_k, top_p=top_p, device=device)
     cols: dict[str, list] = {"n_correct_eval": [], "n_correct_reward": [], "sample_ious": [], "sample_rewards": [],
@@ -441,7 +441,7 @@ def rl_filter(
     ``stats``: ``n_in``, ``n_kept``, ``count_histogram`` ({n_correct: items}), ``policy_applied``
     (``"filter"`` or ``"keep_all"``), ``zero_advantage`` (:func:`zero_advantage_stats`) and every
     parameter. ``samples`` (qid -> answers) skips sampling (precomputed answers); otherwise
-    :func:`~deepperception.eval.inference.sample_answers` runs ``ckpt_dir`` with the given decoding.
+    :func:`~deepperception.model.sampling.sample_answers` runs ``ckpt_dir`` with the given decoding.
     ``reward`` is GRPO's reward config (None: the released defaults).
     """
     check_params(n_samples, keep_min, keep_max, on_empty)
@@ -533,11 +533,11 @@ def sample_cached(
     top_p: float = 1.0,
     device: str = "cpu",
 ) -> dict[str, list[str]]:
-    """:func:`~deepperception.eval.inference.sample_answers` (r1 prompt, no pre-resize) on the
+    """:func:`~deepperception.model.sampling.sample_answers` (r1 prompt, no pre-resize) on the
     process's :func:`cached_model`: the same batches, seeds and answers, without reloading the
     checkpoint per shard. Calls are serialised: the seeded RNG (``torch.manual_seed``) is global to
     the process, so two shards sampling at once on threads would change each other's answers."""
-    from deepperception.eval.inference import sample_answers
+    from deepperception.model.sampling import sample_answers
 
     if n < 1:
         raise ConfigError(f"n must be >= 1, got {n}")

@@ -138,7 +138,7 @@ def test_bad_rows_are_named(tiny_ckpt, tmp_path):
 
 
 def test_sample_answers_seeded_and_diverse(tiny_ckpt, bench):
-    from deepperception.eval.inference import sample_answers
+    from deepperception.model.sampling import sample_answers
     rows = bench.slice(0, 3)
     a = sample_answers(rows, tiny_ckpt, n=3, max_new_tokens=12, seed=7, batch_size=2)
     b = sample_answers(rows, tiny_ckpt, n=3, max_new_tokens=12, seed=7, batch_size=2)

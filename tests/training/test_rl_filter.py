@@ -292,7 +292,7 @@ class TestErrorDetailsAndSampling:
         assert cfg.sampling() == {"temperature": 1.0, "top_k": 50, "top_p": 1.0}
 
     def test_sampler_gets_the_table_checkpoint_and_every_decoding_setting(self, monkeypatch):
-        from deepperception.eval import inference
+        from deepperception.model import sampling
 
         calls = []
 
@@ -301,7 +301,7 @@ class TestErrorDetailsAndSampling:
             qids = rows.column("question_id").to_pylist()
             return {q: _answers(int(q[1:]) % 4, kw["n"]) for q in qids}
 
-        monkeypatch.setattr(inference, "sample_answers", fake_sample_answers)
+        monkeypatch.setattr(sampling, "sample_answers", fake_sample_answers)
         rows, _ = _one_item_per_count()
         kept, stats = rl_filter(rows, "ckpt/stage1", n_samples=4, temperature=0.7, top_k=5, top_p=0.9,
                                 max_new_tokens=64, seed=3, batch_size=2, device="cuda:1")

@@ -230,7 +230,7 @@ def _toy_kwargs(cfg: RLFilterConfig) -> dict:
 
 
 def test_one_part_pool_gives_exactly_rl_filters_result_on_the_toy_profile(model_store, monkeypatch):
-    from deepperception.eval import inference
+    from deepperception.model import sampling
 
     store, ckpt, table, ckpt_dir = model_store
     cfg = profile("toy").rl_filter
@@ -240,9 +240,9 @@ def test_one_part_pool_gives_exactly_rl_filters_result_on_the_toy_profile(model_
     monkeypatch.setattr(rlf, "sample_cached", spy)
     out = rl_filter_task.fn(cfg, ckpt, pool, store.root, False, THREADS)
 
-    want_answers = inference.sample_answers(table, ckpt_dir, n=cfg.n_samples, temperature=cfg.temperature,
-                                            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                                            batch_size=cfg.batch_size, device=cfg.device)
+    want_answers = sampling.sample_answers(table, ckpt_dir, n=cfg.n_samples, temperature=cfg.temperature,
+                                           max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                                           batch_size=cfg.batch_size, device=cfg.device)
     assert spy.answers == want_answers  # the same sampled texts, not only the same (all-zero) IoUs
     want, want_stats = rlf.rl_filter(table, ckpt_dir, **_toy_kwargs(cfg))
     got = store.read_table(out)
@@ -251,7 +251,7 @@ def test_one_part_pool_gives_exactly_rl_filters_result_on_the_toy_profile(model_
 
 
 def test_batch_aligned_parts_equal_one_run_and_the_model_loads_once(model_store, monkeypatch):
-    from deepperception.eval import inference
+    from deepperception.model import sampling
     from deepperception.model import loading
 
     store, ckpt, table, ckpt_dir = model_store
@@ -268,9 +268,9 @@ def test_batch_aligned_parts_equal_one_run_and_the_model_loads_once(model_store,
     assert len(loads) == 1  # three shards, one model load
     rlf.clear_model_cache()
 
-    want_answers = inference.sample_answers(table, ckpt_dir, n=cfg.n_samples, temperature=cfg.temperature,
-                                            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=2,
-                                            device=cfg.device)
+    want_answers = sampling.sample_answers(table, ckpt_dir, n=cfg.n_samples, temperature=cfg.temperature,
+                                           max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=2,
+                                           device=cfg.device)
     assert spy.answers == want_answers
     want, _ = rlf.rl_filter(table, ckpt_dir, **_toy_kwargs(cfg))
     assert store.read_table(out).equals(want)
