@@ -72,8 +72,9 @@ def reproduce(
 
     An unchanged rerun (same resolved settings, source tree and store, no --force/--repair) is
     answered from the run record the last successful run wrote, after checking every version it
-    names as a stage would before reusing it: no Prefect server, no flow run, ~2 s instead of
-    ~40 s (see deepperception/plan.py). --run-flow runs the flow anyway.
+    names as a stage would before reusing it: no Prefect server and no flow run, so seconds instead
+    of a minute or more (benchmarks/bench_orchestration.py; deepperception/plan.py says why it is
+    safe). --run-flow runs the flow anyway.
     """
     # Validate everything before any side effect: a bad value must never commit an artifact.
     from deepperception.config import _deep_merge, load_config, parse_set, read_overrides
