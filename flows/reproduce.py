@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 from prefect import flow
@@ -25,6 +24,7 @@ from flows.dispatch import run_stage_deployment
 from flows.params import Dispatch, ParameterError, ProfileName, described, ref_text, resolve_dispatch
 from tasks.common import run_logger
 from tasks.evaluation import resolve_bench_task
+from tasks.reporting import publish_run_artifacts
 
 
 # Stages that need a GPU on a real run, and the deployments (prefect.yaml, `gpu` pool) serving them.
@@ -90,10 +90,7 @@ def reproduce(
     run_logger().info("dispatch=%s: GPU stages run %s", dispatch,
                       "on the gpu pool's deployments" if mode == "deployments" else "in this process")
     result = run_reproduction(cfg, store_uri, force_stages, mode)
-    if importlib.util.find_spec("tasks.reporting") is not None:  # H3's parent-run artifacts, once it lands
-        from tasks.reporting import publish_run_artifacts
-
-        publish_run_artifacts(result, store_uri)
+    publish_run_artifacts(result, store_uri=store_uri)  # report, metrics and version index on this run
     return result
 
 

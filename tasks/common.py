@@ -13,6 +13,7 @@ from prefect.exceptions import MissingContextError
 from deepperception.errors import ArtifactError, InputDataError
 from deepperception.store import ArtifactRef, ArtifactStore
 import tasks.events  # noqa: F401,E402 - registers the commit listener (a Prefect event per committed version)
+import tasks.progress  # noqa: F401,E402 - installs the Prefect progress sink (progress artifacts of long stages)
 
 # Reuse is decided by our own deterministic artifact versions (inputs + config + code), which
 # survive across flow runs and machines; Prefect's result cache would only duplicate that.

@@ -93,7 +93,7 @@ def test_markdown_sets_five_arms_side_by_side_then_the_differences_per_bench(com
     assert "- **extra benches**: `kvg-bench`: `bench@kvg-bench`" in md
     composed = md.split("## Bench composed (`bench@composed`)")[1].split("## Bench kvg-bench")[0]
     side = composed.split("### Arms side by side")[1].split("###")[0].strip().splitlines()
-    assert side[0].startswith("| arm | all N | all Acc@0.5 [95% CI] | all IoU | seen domain N")
+    assert side[0].startswith("| arm | all N | all Acc\\@0.5 [95% CI] | all IoU | seen domain N")
     assert [r.split(" | ")[0] for r in side[2:]] == [
         "| base, raw question (baseline prompt)", "| base (r1 prompt)", "| direct-SFT", "| CoT-SFT", "| CoT-SFT+GRPO"]
     assert side[5].endswith("| `evaluation@composed-sft` | `sft-checkpoint@1` |")  # each row names its versions
