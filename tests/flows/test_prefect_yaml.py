@@ -76,7 +76,7 @@ def test_prefect_deploy_all(deployed):
         props = full.parameter_openapi_schema["properties"]
         assert {"profile", "overrides", "force_stages", "dispatch"} <= set(props) and "config" not in props
         assert props["profile"]["enum"] and "toy" in props["profile"]["enum"]
-        assert full.parameters == {"profile": "paper", "overrides": {}, "dispatch": "auto"}
+        assert full.parameters == {"profile": "demo", "overrides": {}, "dispatch": "auto"}
         # Stage deployments take references as name@version strings.
         sft = deployments["train-sft"].parameter_openapi_schema["properties"]
         assert sft["base"]["type"] == "string" and "@" in sft["base"]["pattern"]
