@@ -119,7 +119,7 @@ def runs(prefect_harness, tmp_path_factory):
         out["teacher"] = _run(uri, rec, {"evaluation": {"n_resamples": 300},
                                          "grpo": {"iou_threshold": 0.7}})
         out["teacher_rec"] = rec
-        out["uri"], out["extra"] = uri, extra
+        out["uri"], out["extra"], out["src"] = uri, extra, src
     cs.cache_clear()
     return out
 
@@ -179,8 +179,9 @@ def test_every_function_a_stage_runs_is_in_its_code_scope(runs):
             path = Path(filename)
             if not lines or REPO not in path.parents:
                 continue
-            module = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
-            ran |= cs.top_level_symbols(path, lines, module)
+            rel = path.relative_to(REPO)
+            module = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
+            ran |= cs.top_level_symbols(runs["src"] / rel, lines, module)  # the source the run started from
         left_out = sorted(f"{m}:{n}" for m, n in ran - event.scope.symbols if not cs.is_outside(m, n))
         if left_out:
             missing[ctx] = left_out
