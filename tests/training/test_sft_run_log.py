@@ -9,7 +9,6 @@ import re
 from contextlib import contextmanager
 from typing import Iterator
 
-import pytest
 
 DUMP = re.compile(r"\b(RESUME|LOAD_GLOBAL|LOAD_FAST|RETURN_VALUE|PRECALL)\b")
 
