@@ -18,7 +18,7 @@ from prefect import flow
 
 from deepperception import comparison as cmp
 from deepperception.config import ReproductionConfig, load_profile
-from deepperception.pipeline_stages import STAGES, Stage
+from deepperception.pipeline_stages import GPU_DEPLOYMENTS, STAGES, Stage  # GPU stages -> their `gpu` pool deployments
 from flows import stages
 from flows.dispatch import run_stage_deployment
 from flows.params import Dispatch, ParameterError, ProfileName, described, ref_text, resolve_dispatch
@@ -27,13 +27,6 @@ from tasks.evaluation import resolve_bench_task
 from tasks.reporting import publish_run_artifacts
 
 
-# Stages that need a GPU on a real run, and the deployments (prefect.yaml, `gpu` pool) serving them.
-GPU_DEPLOYMENTS = {
-    "train-sft": "train-sft/train-sft",
-    "rl-filter": "rl-filter/rl-filter",
-    "train-grpo": "train-grpo/train-grpo",
-    "evaluate-checkpoint": "evaluate-checkpoint/evaluate-checkpoint",
-}
 
 
 def _gpu_stage(stage_flow, dispatch: str, **params):

@@ -37,9 +37,10 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 from deepperception.boxes import parse_gt_box
+from deepperception.model.generation import batches, prepare_batch
 from deepperception.model.loading import checkpoint_fingerprint
 from deepperception.fileio import atomic_write, atomic_write_json
 from deepperception.errors import ConfigError, InputDataError
@@ -63,7 +64,8 @@ IDENTITY_KEYS = ("checkpoint", "checkpoint_identity", "decoding", "prompt_mode",
 
 def normalize_rows(rows: Any, required: Sequence[str] = BENCH_COLUMNS, *, stage: str = "inference") -> list[dict]:
     """A list of row dicts from a ``pyarrow.Table`` or an iterable of dicts, checking columns and
-    unique ``question_id``\\ s (raises :class:`InputDataError` naming the row and field).
+    unique ``question_id``\\ s (:func:`deepperception.model.generation.normalize_rows`, with the
+    bench's columns by default).
 
     >>> normalize_rows([{"question_id": "a", "question": "q", "image": b"", "answer": ""}])[0]["question_id"]
     'a'
@@ -72,27 +74,9 @@ def normalize_rows(rows: Any, required: Sequence[str] = BENCH_COLUMNS, *, stage:
     ...
     deepperception.errors.InputDataError: [stage=inference row=0 field=question] missing column
     """
-    import pyarrow as pa
+    from deepperception.model import generation
 
-    from deepperception.tables import require_columns
-
-    if isinstance(rows, pa.Table):
-        require_columns(rows, required, stage=stage)
-        rows = rows.to_pylist()
-    out: list[dict] = []
-    seen: set[str] = set()
-    for i, r in enumerate(rows):
-        for c in required:
-            if c not in r:
-                raise InputDataError("missing column", stage=stage, row=i, field=c)
-        qid = r["question_id"]
-        if not isinstance(qid, str) or not qid:
-            raise InputDataError(f"question_id must be a non-empty string, got {qid!r}", stage=stage, row=i, field="question_id")
-        if qid in seen:
-            raise InputDataError(f"duplicate question_id {qid!r}", stage=stage, row=i, field="question_id")
-        seen.add(qid)
-        out.append(dict(r))
-    return out
+    return generation.normalize_rows(rows, required, stage=stage)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,11 +168,6 @@ def _check_resume(out_dir: Path, meta: dict[str, Any], stale: Stale = "error") -
 # ---------------------------------------------------------------------------------------------
 # inference
 
-def _hw(img) -> list[int]:
-    w, h = img.size
-    return [int(h), int(w)]
-
-
 def _record(row: dict, mode: str, gen, hw: list[int]) -> dict[str, Any]:
     gt = parse_gt_box(row.get("answer") or "")
     return {
@@ -217,22 +196,10 @@ def _length_key(row: dict) -> tuple[int, int]:
     return (w * h, len(row["question"]))
 
 
-def _batches(seq: Sequence[dict], n: int) -> Iterator[list[dict]]:
-    for i in range(0, len(seq), n):
-        yield list(seq[i:i + n])
-
-
-def _prepare(rows: Sequence[dict], processor, mode: PromptMode, preresize: bool):
-    from deepperception.images import decode_image
-    from deepperception.model.generation import official_fetch_image, render_prompt
-    prompts, images, hws = [], [], []
-    for r in rows:
-        img = decode_image(r["image"], row=r["question_id"])
-        hws.append(_hw(img))
-        img = official_fetch_image(img) if preresize else img.convert("RGB")
-        images.append(img)
-        prompts.append(render_prompt(processor, r["question"], mode))
-    return prompts, images, hws
+# Shared with the RL filter's sampler (deepperception.model.sampling); module-level names, so a
+# caller can wrap them (infra/vllm_cpu/parity.py learns the batch order from _prepare).
+_batches = batches
+_prepare = prepare_batch
 
 
 def vllm_requests(prompts: Sequence[str], images: Sequence[Any]) -> list[dict]:
@@ -437,64 +404,3 @@ def run_inference(
                         "samples_per_s": round(n_new / elapsed, 3) if n_new and elapsed > 0 else None})
     _write_json(out / RUN_JSON, meta)
     return outputs
-
-
-def sample_answers(
-    rows: Any,
-    ckpt_dir: str | Path,
-    n: int = 4,
-    temperature: float = 1.0,
-    max_new_tokens: int = 512,
-    seed: int = 0,
-    batch_size: int = 8,
-    *,
-    prompt_mode: PromptMode = "r1",
-    top_k: int = 0,
-    top_p: float = 1.0,
-    device: str = "cpu",
-    dtype: str | None = None,
-    official_preresize: bool = False,
-    loaded: tuple[Any, Any] | None = None,
-) -> dict[str, list[str]]:
-    """``n`` sampled answers per question (RL data filtering, official-code.md §4.1 step 5).
-
-    Rows need ``question_id``, ``image`` and either ``problem`` (GRPO schema) or ``question``.
-    Sampling ignores the checkpoint's ``top_k=1`` (which would make every sample the greedy one):
-    it uses ``temperature`` / ``top_k`` (0 = off) / ``top_p`` as given, no repetition penalty.
-    Reproducible for the same ``(rows, seed, batch_size)``: batch ``b`` runs under
-    ``torch.manual_seed(seed + b)`` inside a forked RNG, so the caller's RNG is untouched.
-    ``official_preresize`` defaults to False: GRPO training feeds images to the processor directly.
-    ``loaded`` is an already loaded ``(processor, model)`` of ``ckpt_dir`` (a shard worker keeps one
-    per process instead of loading the checkpoint for every shard).
-    """
-    import torch
-
-    from deepperception.model.generation import DecodingSpec, generate_batch
-    from deepperception.model.loading import load_model, load_processor
-
-    if n < 1:
-        raise ConfigError(f"n must be >= 1, got {n}")
-    rows = list(rows.to_pylist()) if hasattr(rows, "to_pylist") else list(rows)
-    for i, r in enumerate(rows):
-        if "question" not in r and "problem" in r:
-            r = dict(r, question=r["problem"])
-            rows[i] = r
-    rows = normalize_rows(rows, ("question_id", "question", "image"), stage="sample_answers")
-    if loaded is not None:
-        processor, model = loaded
-    else:
-        ckpt = Path(ckpt_dir)
-        processor = load_processor(ckpt)
-        model = load_model(ckpt, device=device, dtype=dtype or ("float32" if device == "cpu" else "bfloat16"))
-    spec = DecodingSpec(False, max_new_tokens, 1.0, temperature=temperature, top_k=top_k, top_p=top_p,
-                        source="sample_answers")
-    result: dict[str, list[str]] = {}
-    for b, batch in enumerate(_batches(rows, batch_size)):
-        prompts, images, _ = _prepare(batch, processor, prompt_mode, official_preresize)
-        with torch.random.fork_rng(devices=[] if device == "cpu" else None):
-            torch.manual_seed(seed + b)
-            gens = generate_batch(model, processor, prompts, images, spec, num_return_sequences=n,
-                                  suppress_image_token=True)
-        for j, r in enumerate(batch):
-            result[r["question_id"]] = [g.text for g in gens[j * n:(j + 1) * n]]
-    return result
