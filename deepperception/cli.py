@@ -91,7 +91,8 @@ def reproduce(
     from deepperception.store import ArtifactStore
 
     artifact_store = ArtifactStore.from_uri(store)
-    done = None if (force or repair or run_flow) else plan.committed_run(cfg, artifact_store)
+    asked = force or repair or run_flow or artifact_store.settings.repair  # repair: also DP_STORE_REPAIR=1
+    done = None if asked else plan.committed_run(cfg, artifact_store)
     if done is not None:
         typer.echo(f"nothing to run: every version of this run is committed and intact (run record {done.key}, "
                    f"written {done.record.get('created_at', '?')}; checked {len(plan.result_refs(done.result))} "
