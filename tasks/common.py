@@ -149,8 +149,7 @@ def register_external_checkpoint(store: ArtifactStore, path: str, name: str, sta
 
     # The identity hashes are part of the version: a changed checkpoint is a new version.
     cfg = {**(config or {}), "path": str(ckpt), "identity": identity}
-    return run_stage(store, name, stage, cfg, {}, produce, force=force,
-                     code=("deepperception.model.loading",), task_module=__name__)[0]
+    return run_stage(store, name, stage, cfg, {}, produce, force=force)[0]  # code scope: derived from this function
 
 
 def resolve_ref(store: ArtifactStore, text: str) -> ArtifactRef:
