@@ -108,8 +108,11 @@ def reproduce(
 
         if not debug_enabled():
             hide_console_tracebacks()  # a failed stage ends in our one `error:` line instead
-        result = reproduce_flow(profile=profile, overrides=overrides or None, store_uri=store,
-                                force_stages=list(force))
+        from deepperception.config import shipped_profiles
+
+        # The flow's `profile` is the UI's dropdown of shipped names; a file goes as `profile_file`.
+        which = {"profile": profile} if profile in shipped_profiles() else {"profile_file": profile}
+        result = reproduce_flow(**which, overrides=overrides or None, store_uri=store, force_stages=list(force))
     plan.write_record(artifact_store, cfg, result)
     _echo_result(result)
 

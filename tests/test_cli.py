@@ -168,8 +168,9 @@ def _fake_reproduce(monkeypatch, tmp_path):
     def fake_api():
         yield ServerInfo(api_url="http://127.0.0.1:1/api", pid=None, log=tmp_path / "log", pid_file=None)
 
-    def fake_flow(profile, overrides, store_uri, force_stages):
-        seen.update(profile=profile, overrides=overrides, store=store_uri, force=force_stages)
+    def fake_flow(overrides, store_uri, force_stages, profile=None, profile_file=None):
+        seen.update(profile=profile, profile_file=profile_file, overrides=overrides, store=store_uri,
+                    force=force_stages)
         return {"report_markdown": "r.md", "report_json": "r.json", "report": "report@x"}
 
     monkeypatch.setattr(prefect_server, "prefect_api", fake_api)
@@ -196,7 +197,7 @@ def test_reproduce_takes_a_profile_file(monkeypatch, tmp_path):
     mine.write_text("extends: toy\nsft: {max_steps: 1}  # quicker\n")
     res = CliRunner().invoke(app, ["reproduce", "--profile", str(mine), "--store", str(tmp_path / "s")])
     assert res.exit_code == 0, res.output
-    assert seen["profile"] == str(mine) and seen["overrides"] is None
+    assert seen["profile_file"] == str(mine) and seen["profile"] is None and seen["overrides"] is None
 
 
 def test_reproduce_refuses_bad_settings_in_one_line_naming_the_key_path(monkeypatch, tmp_path):
