@@ -18,6 +18,7 @@ from prefect import flow
 
 from deepperception import comparison as cmp
 from deepperception.config import ReproductionConfig, load_profile
+from deepperception.progress import Tracker, progress
 from deepperception.pipeline_stages import GPU_DEPLOYMENTS, STAGES, Stage  # GPU stages -> their `gpu` pool deployments
 from flows import stages
 from flows.dispatch import run_stage_deployment
@@ -29,13 +30,47 @@ from tasks.reporting import publish_run_artifacts
 
 
 
-def _gpu_stage(stage_flow, dispatch: str, **params):
+class _Counted:
+    """A stage flow whose every run (here or on a pool) advances the parent run's progress
+    artifact, ``progress-reproduce``: stage runs done of :func:`planned_stage_runs`."""
+
+    def __init__(self, stage_flow, tracker: Tracker):
+        self.flow, self.name, self.tracker = stage_flow, stage_flow.name, tracker
+
+    def done(self, value):
+        self.tracker.advance()
+        return value
+
+    def __call__(self, *args, **kwargs):
+        return self.done(self.flow(*args, **kwargs))
+
+
+class _CountedStages:
+    """``flows.stages`` as the composition below calls it, each stage flow :class:`_Counted`."""
+
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
+
+    def __getattr__(self, name: str) -> _Counted:
+        return _Counted(getattr(stages, name), self.tracker)
+
+
+def planned_stage_runs(cfg: ReproductionConfig) -> int:
+    """How many stage flow runs :func:`run_reproduction` makes for ``cfg``: the 17 of every run
+    (two compositions), the direct-SFT arm when on, and one evaluation per arm and bench."""
+    direct = 1 if cfg.comparison.direct_sft else 0
+    arms = len(cfg.comparison.base_prompt_modes) + direct + 2  # + CoT-SFT, GRPO
+    return 17 + direct + arms * (1 + len(cfg.comparison.extra_benches))
+
+
+def _gpu_stage(stage_flow: _Counted, dispatch: str, **params):
     """Run a GPU stage in this process, or on the `gpu` work pool through its deployment
     (references sent as ``name@version`` strings, what the deployments' schemas take)."""
     if dispatch == "inline":
         return stage_flow(**params)
     store_uri = params.pop("store_uri")
-    return run_stage_deployment(GPU_DEPLOYMENTS[stage_flow.name], ref_text(params), store_uri=store_uri)
+    return stage_flow.done(run_stage_deployment(GPU_DEPLOYMENTS[stage_flow.name], ref_text(params),
+                                                store_uri=store_uri))
 
 
 def _run_name() -> str:
@@ -101,36 +136,43 @@ def run_reproduction(cfg: ReproductionConfig, store_uri: str | None = None,
     logger = run_logger()
     uri = store_uri
     f = lambda name: name in force  # noqa: E731
+    with progress("reproduce", total=planned_stage_runs(cfg), unit="stage runs", min_interval=0) as tracker:
+        result = _compose(cfg, uri, f, dispatch, _CountedStages(tracker), logger)
+    return result
 
-    entities = stages.mine_entities(cfg.data, uri, f("mine"), cfg.knowledge)
-    images = stages.collect_images(cfg.data, cfg.collection, entities, uri, f("collect"), cfg.sharding)
-    labeled = stages.label_boxes(cfg.labeling, images, uri, f("label"), cfg.runner)
-    train_composites = stages.compose_images(cfg.compose_train, labeled, uri, f("compose"), cfg.sharding, cfg.runner)
-    bench_composites = stages.compose_images(cfg.compose_bench, labeled, uri, f("compose"), cfg.sharding, cfg.runner)
-    bench = stages.build_bench(cfg.datasets, bench_composites, uri, f("bench"))
+
+def _compose(cfg: ReproductionConfig, uri: str | None, f, dispatch: str, st: _CountedStages, logger) -> dict:
+    """The stages in order (``st``: the stage flows, counted); what :func:`run_reproduction` runs."""
+
+    entities = st.mine_entities(cfg.data, uri, f("mine"), cfg.knowledge)
+    images = st.collect_images(cfg.data, cfg.collection, entities, uri, f("collect"), cfg.sharding)
+    labeled = st.label_boxes(cfg.labeling, images, uri, f("label"), cfg.runner)
+    train_composites = st.compose_images(cfg.compose_train, labeled, uri, f("compose"), cfg.sharding, cfg.runner)
+    bench_composites = st.compose_images(cfg.compose_bench, labeled, uri, f("compose"), cfg.sharding, cfg.runner)
+    bench = st.build_bench(cfg.datasets, bench_composites, uri, f("bench"))
     # Extra benches are imported before any training, so a bad file fails the run at once.
     extra = {b.name: resolve_bench_task(b.source, uri) for b in cfg.comparison.extra_benches}
-    cot = stages.distill_cot(cfg.distillation, train_composites, entities, uri, f("distill"), cfg.runner)
-    kept = stages.filter_cot(cfg.filtering, cot, uri, f("filter"))
-    clean = stages.check_contamination(cfg.contamination, bench, bench_composites, labeled, train_composites, uri,
+    cot = st.distill_cot(cfg.distillation, train_composites, entities, uri, f("distill"), cfg.runner)
+    kept = st.filter_cot(cfg.filtering, cot, uri, f("filter"))
+    clean = st.check_contamination(cfg.contamination, bench, bench_composites, labeled, train_composites, uri,
                                        f("contamination"))
-    data = stages.build_training_data(cfg.datasets, kept, train_composites, uri, f("training-data"), clean)
-    card = stages.write_data_card({"images": images, "labeled": labeled, "composites": train_composites, "cot": cot,
+    data = st.build_training_data(cfg.datasets, kept, train_composites, uri, f("training-data"), clean)
+    card = st.write_data_card({"images": images, "labeled": labeled, "composites": train_composites, "cot": cot,
                                    "cot_filtered": kept, "sft_dataset": data["sft_dataset"],
                                    "grpo_pool": data["grpo_pool"], "bench": bench, "contamination": clean},
                                   uri, f("data-card"))
-    exported = stages.export_datasets(data["sft_dataset"], data["grpo_pool"], uri, f("export"))
+    exported = st.export_datasets(data["sft_dataset"], data["grpo_pool"], uri, f("export"))
 
-    base = stages.build_base_model(cfg.base_model, data["sft_dataset"], data["grpo_pool"], uri, f("base-model"))
-    sft = _gpu_stage(stages.train_sft, dispatch, config=cfg.sft, base=base, dataset=data["sft_dataset"],
+    base = st.build_base_model(cfg.base_model, data["sft_dataset"], data["grpo_pool"], uri, f("base-model"))
+    sft = _gpu_stage(st.train_sft, dispatch, config=cfg.sft, base=base, dataset=data["sft_dataset"],
                      store_uri=uri, force=f("sft"), launch=cfg.launch)
     # The paper's ablation: the same rows and base, answer-only targets (a version of its own).
-    direct = (_gpu_stage(stages.train_sft, dispatch, config=cfg.sft.model_copy(update={"target": "direct"}),
+    direct = (_gpu_stage(st.train_sft, dispatch, config=cfg.sft.model_copy(update={"target": "direct"}),
                          base=base, dataset=data["sft_dataset"], store_uri=uri, force=f("sft"), launch=cfg.launch)
               if cfg.comparison.direct_sft else None)
-    grpo_data = _gpu_stage(stages.rl_filter, dispatch, config=cfg.rl_filter, checkpoint=sft,
+    grpo_data = _gpu_stage(st.rl_filter, dispatch, config=cfg.rl_filter, checkpoint=sft,
                            pool=data["grpo_pool"], store_uri=uri, force=f("rl-filter"), runner=cfg.runner)
-    grpo = _gpu_stage(stages.train_grpo, dispatch, config=cfg.grpo, checkpoint=sft, dataset=grpo_data,
+    grpo = _gpu_stage(st.train_grpo, dispatch, config=cfg.grpo, checkpoint=sft, dataset=grpo_data,
                       store_uri=uri, force=f("grpo"), launch=cfg.launch)
 
     # Arms: the base once per prompt mode (baseline = the raw question, as the official eval.sh
@@ -146,14 +188,14 @@ def run_reproduction(cfg: ReproductionConfig, store_uri: str | None = None,
     benches += [(b.name, extra[b.name], b.seen_categories, b.all_categories) for b in cfg.comparison.extra_benches]
     evaluations = {
         cmp.artifact_key(label, name): _gpu_stage(
-            stages.evaluate_checkpoint, dispatch, config=ecfg, label=label, checkpoint=ckpt, bench=bref,
+            st.evaluate_checkpoint, dispatch, config=ecfg, label=label, checkpoint=ckpt, bench=bref,
             seen_categories=seen, all_categories=cats, store_uri=uri, force=f("evaluate"))
         for name, bref, seen, cats in benches for label, ckpt, ecfg in arms
     }
     header = {"profile": cfg.profile, "bench": str(bench), "train data": str(data["sft_dataset"]),
               "grpo data": str(grpo_data), "extra benches": {k: str(v) for k, v in extra.items()},
               "paired bootstrap": {"n_resamples": cfg.comparison.n_resamples, "seed": cfg.comparison.seed}}
-    report = stages.write_report(evaluations, header, uri, f("report"))
+    report = st.write_report(evaluations, header, uri, f("report"))
     logger.info("report: %s", report["report_markdown"])
     return {
         "report": report["report"], "report_markdown": report["report_markdown"],

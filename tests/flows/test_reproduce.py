@@ -76,6 +76,15 @@ def test_reproduce_toy_end_to_end_then_rerun_reuses(prefect_harness, tmp_path):
     with get_client(sync_client=True) as client:
         cards = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["data-card"])))
     assert cards and "data:image/png;base64," in cards[0].data
+    # The parent run's own progress bar counted every stage run it planned (toy: 17 + 4 evaluations).
+    from flows.reproduce import planned_stage_runs
+    from deepperception.config import profile
+
+    with get_client(sync_client=True) as client:
+        bars = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["progress-reproduce"])))
+    bar = max(bars, key=lambda a: a.created)  # this run's (the session's server holds other tests' runs)
+    n = planned_stage_runs(profile("toy"))
+    assert n == 21 and bar.data == 100.0 and f"{n}/{n} stage runs" in bar.description, (bar.data, bar.description)
 
     again = reproduce(profile="toy", store_uri=uri, dispatch="inline")
     assert again["artifacts"] == first["artifacts"] and again["report"] == first["report"]

@@ -83,6 +83,55 @@ def test_up_again_starts_nothing(local_stack, toy_run):
     assert {s.name: s.pid for s in again.status()} == before
 
 
+def test_nightly_schedule_is_scheduled_and_the_publish_trigger_registered(local_stack, toy_run):
+    """The cron deployment has runs scheduled by the server's scheduler (SQLAlchemy 2.1 broke that
+    silently: no run was ever scheduled), in UTC; the event trigger is an automation on the server."""
+    with httpx.Client(base_url=local_stack.api_url, timeout=30) as api:
+        nightly = api.get("/deployments/name/evaluate/nightly-reevaluation").json()
+        [sched] = nightly["schedules"]
+        assert (sched["schedule"]["cron"], sched["schedule"]["timezone"], sched["active"]) == ("0 2 * * *", "UTC", True)
+        runs = api.post("/flow_runs/filter", json={"flow_runs": {
+            "deployment_id": {"any_": [nightly["id"]]}, "state": {"type": {"any_": ["SCHEDULED"]}}}}).json()
+        assert runs, "the scheduler created no run of the nightly deployment"
+        assert all(r["expected_start_time"].split("T")[1].startswith("02:00") for r in runs), runs
+        automations = api.post("/automations/filter", json={}).json()
+        [trigger] = [a for a in automations if a["name"] == "evaluate-published-checkpoint"]
+        assert trigger["enabled"] and trigger["trigger"]["expect"] == ["deepperception.artifact.committed"]
+
+
+def test_a_published_checkpoint_event_starts_its_evaluation_on_the_gpu_worker(local_stack, toy_run, tmp_path):
+    """The trigger end to end: the event a standalone stage run emits when it commits a checkpoint
+    (tasks.events.commit_event, sent by a client of the stack) makes the server's automation start
+    `evaluate-on-publish`, which the gpu worker runs on that checkpoint and bench@latest."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    grpo = toy_run["result"]["artifacts"]["grpo_checkpoint"]
+    emit = ("import sys; from prefect.events import emit_event; from tasks.events import commit_event; "
+            "from deepperception.store import ArtifactRef; from deepperception.store.events import Commit; "
+            "emit_event(**commit_event(Commit(ArtifactRef.parse(sys.argv[1]), None, sys.argv[2]), None, False))")
+    env = {**os.environ, **local_stack.client_env()}
+    subprocess.run([sys.executable, "-c", emit, grpo, local_stack.store_uri], env=env, cwd=local_stack.repo_dir,
+                   check=True, timeout=120)
+    with httpx.Client(base_url=local_stack.api_url, timeout=30) as api:
+        dep = api.get("/deployments/name/evaluate/evaluate-on-publish").json()
+        deadline, run = time.monotonic() + 900, None
+        while time.monotonic() < deadline:
+            runs = api.post("/flow_runs/filter", json={"flow_runs": {"deployment_id": {"any_": [dep["id"]]}}}).json()
+            run = runs[0] if runs else None
+            if run and run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            time.sleep(3)
+        assert run is not None, "the automation started no run of evaluate-on-publish"
+        assert run["state"]["type"] == "COMPLETED", json.dumps(run["state"])[:2000]
+        assert run["parameters"]["checkpoint"] == grpo and run["work_pool_name"] == "gpu"
+    store = _store(local_stack, tmp_path)
+    made = [m for m in store.list("evaluation") if m.flow_run_id == run["id"]]
+    assert [m.metadata.get("checkpoint") for m in made] == [grpo]
+
+
 def _ours(root) -> list[psutil.Process]:
     """Every live process whose environment points into this stack's root (flow runs included)."""
     found = []
