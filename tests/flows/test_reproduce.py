@@ -2,7 +2,6 @@
 manifest, metrics are well-formed with lineage, reruns reuse, S3 works, bad input is named."""
 
 import json
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -57,46 +56,6 @@ def _check_run(store: ArtifactStore, result: dict) -> None:
     assert result["artifacts"]["grpo_checkpoint"] in md
 
 
-def test_reproduce_toy_end_to_end_then_rerun_reuses(prefect_harness, tmp_path):
-    from flows.reproduce import reproduce
-
-    uri = str(tmp_path / "store")
-    first = reproduce(profile="toy", store_uri=uri, dispatch="inline")
-    store = ArtifactStore(StoreSettings(uri=uri))
-    _check_run(store, first)
-    n_versions = len(store.list())
-    # The paths the CLI prints are where the committed report files really are.
-    report = ArtifactRef.parse(first["report"])
-    assert Path(first["report_markdown"]).read_bytes() == store.read_bytes(report, "report.md")
-    assert json.loads(Path(first["report_json"]).read_text())
-    # The data card is also a Prefect Markdown artifact (what the UI shows), figures inlined.
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    with get_client(sync_client=True) as client:
-        cards = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["data-card"])))
-    assert cards and "data:image/png;base64," in cards[0].data
-    # The parent run's own progress bar counted every stage run it planned (toy: 17 + 4 evaluations).
-    from flows.reproduce import planned_stage_runs
-    from deepperception.config import profile
-
-    with get_client(sync_client=True) as client:
-        bars = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["progress-reproduce"])))
-    bar = max(bars, key=lambda a: a.created)  # this run's (the session's server holds other tests' runs)
-    n = planned_stage_runs(profile("toy"))
-    assert n == 21 and bar.data == 100.0 and f"{n}/{n} stage runs" in bar.description, (bar.data, bar.description)
-
-    again = reproduce(profile="toy", store_uri=uri, dispatch="inline")
-    assert again["artifacts"] == first["artifacts"] and again["report"] == first["report"]
-    assert len(store.list()) == n_versions  # nothing recomputed
-
-    # Changing one downstream stage's config recomputes that stage and below, nothing above.
-    third = reproduce(profile="toy", overrides={"evaluation": {"max_new_tokens": 8}}, store_uri=uri,
-                      dispatch="inline")
-    assert third["artifacts"]["grpo_checkpoint"] == first["artifacts"]["grpo_checkpoint"]
-    assert third["artifacts"]["evaluation_grpo"] != first["artifacts"]["evaluation_grpo"]
-
-
 def test_reproduce_cli_into_s3_bucket(prefect_harness, s3_store_uri, tmp_path, monkeypatch):
     """`deepperception reproduce --store s3://... --s3-endpoint URL`: the same flow, into a bucket."""
     from typer.testing import CliRunner
@@ -133,6 +92,29 @@ def test_reproduce_cli_into_s3_bucket(prefect_harness, s3_store_uri, tmp_path, m
     keys = [o["Key"] for o in boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
             .list_objects_v2(Bucket=bucket)["Contents"]]
     assert any(k.endswith("_manifest.json") and "/grpo-checkpoint/" in k for k in keys)
+
+    # The whole run, version by version: the run record the CLI wrote names what the flow returned.
+    # (This is the suite's one full toy run through the CLI; reruns and what they recompute are
+    # counted in test_partial_reruns.py on a run of its own.)
+    from deepperception import plan
+
+    done = plan.committed_run(profile("toy"), store)
+    assert done is not None and done.result["report"] == str(report_ref)
+    _check_run(store, done.result)
+    # The data card is also a Prefect Markdown artifact (what the UI shows), figures inlined, and the
+    # parent run's own progress bar counted every stage run it planned (toy: 17 + 4 evaluations).
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.reproduce import planned_stage_runs
+
+    with get_client(sync_client=True) as client:
+        cards = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["data-card"])))
+        bars = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["progress-reproduce"])))
+    assert cards and "data:image/png;base64," in max(cards, key=lambda a: a.created).data
+    bar = max(bars, key=lambda a: a.created)  # this run's (the session's server holds other tests' runs)
+    n = planned_stage_runs(profile("toy"))
+    assert n == 21 and bar.data == 100.0 and f"{n}/{n} stage runs" in bar.description, (bar.data, bar.description)
 
 
 def test_undecodable_image_is_rejected_by_name_and_the_rest_labeled(prefect_harness, tmp_path):
