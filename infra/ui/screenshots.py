@@ -162,7 +162,17 @@ def pick_progress(bars: list[dict]) -> dict:
     return bars[-1]
 
 
-PAGES = ("flow-run", "flow-run-artifacts", "report", "metrics", "artifact-versions", "progress", "progress-run")
+PAGES = ("flow-run", "flow-run-artifacts", "report", "metrics", "artifact-versions", "progress", "progress-run",
+         "run-form")
+FULL_REPRODUCTION = "reproduce/full-reproduction"  # its Run form is shot when the server has it (make up)
+
+
+def _deployment(api: str, name: str) -> dict | None:
+    """The deployment ``flow/name`` on the server at ``api``, or None (a throwaway server has none)."""
+    try:
+        return _get_json(f"{api}/deployments/name/{name}")
+    except Exception:  # noqa: BLE001 - 404 or an older server: that page is simply not shot
+        return None
 
 
 def shoot(api: str, flow_run_id: str, out: Path, chromium: str,
@@ -227,6 +237,10 @@ def shoot(api: str, flow_run_id: str, out: Path, chromium: str,
             artifacts_tab("progress-run", bar["flow_run_id"])
         else:
             problems.append("no progress artifact on any run")
+        # The form a user fills in: profile dropdown, overrides mapping, dispatch, each described.
+        form = _deployment(api, FULL_REPRODUCTION) if "run-form" in pages else None
+        if form is not None:
+            snap("run-form", f"{ui}/deployments/deployment/{form['id']}/run", "profile")
         browser.close()
     return shots, problems
 
