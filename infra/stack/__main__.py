@@ -1,4 +1,4 @@
-"""``python -m infra.stack up|down|status|env|run`` (``make up`` / ``make down`` call the first two).
+"""``python -m infra.stack up|down|status|env|run|zombies`` (``make up`` / ``make down`` call the first two).
 
 The root is ``.dp-stack/`` in the repository (``DP_STACK_ROOT`` to change); ports come from
 ``DP_STACK_PREFECT_PORT`` / ``DP_STACK_S3_PORT`` or the root's saved ones (stack.py). argparse,
@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from infra.stack import zombies
 from infra.stack.stack import REPO_DIR, Stack, StackError, env_file_text
 
 
@@ -42,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--params", default="{}", help="parameters as a JSON object")
     run.add_argument("--timeout", type=float, default=3600)
     run.add_argument("--json", action="store_true", help="print one JSON line describing the outcome")
+    zomb = sub.add_parser("zombies", help="create/update the automation that marks zombie runs Crashed "
+                                          "(docs/zombie-runs.md) on this stack's or any Prefect server")
+    zomb.add_argument("--api-url", default=None, help="a Prefect API (default: this stack's)")
+    zomb.add_argument("--within", type=float, default=zombies.DEFAULT_WITHIN_S,
+                      help=f"seconds without a heartbeat before a run is Crashed (default {zombies.DEFAULT_WITHIN_S})")
+    zomb.add_argument("--heartbeat", type=int, default=zombies.HEARTBEAT_FREQUENCY_S,
+                      help="the workers' PREFECT_FLOWS_HEARTBEAT_FREQUENCY (within must exceed it)")
     args = parser.parse_args(argv)
     root = args.root or default_root()
 
@@ -62,6 +70,19 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "status":
             return 0 if _print_status(stack) else 1
+        if args.command == "zombies":
+            api = args.api_url or stack.api_url
+            try:
+                did = zombies.ensure_zombie_automation(api, args.within, args.heartbeat)
+            except ValueError as exc:
+                print(str(exc), file=sys.stderr)
+                return 2
+            except Exception as exc:  # noqa: BLE001 - server down, refused, wrong URL: say which
+                print(f"error: could not apply the zombie automation on {api}: {type(exc).__name__}: {exc}",
+                      file=sys.stderr)
+                return 1
+            print(f"zombie automation {zombies.AUTOMATION_NAME!r} on {api}: {did} (within {args.within:g} s)")
+            return 0
         if args.command == "env":
             print(env_file_text(stack.env()), end="")
             return 0

@@ -13,6 +13,10 @@ directory and ports differ. Everything it owns lives under ``root`` (default ``.
     seaweedfs/       the object store's data
     cache/           DP_STORE_CACHE_DIR of the flow runs (checkpoints materialised from S3)
 
+Zombie runs: the workers (and so their flow runs) send a heartbeat every 30 s, and up creates (or
+updates) the automation that marks a run Crashed when its heartbeats stop (zombies.py,
+docs/zombie-runs.md): a worker killed with its flow-run process leaves no run Running forever.
+
 Up is idempotent: a service whose record is alive is left alone, a dead one is restarted, the
 deployments are re-registered only when prefect.yaml, the flows or the store settings changed (or
 one is missing on the server). Down stops what up started (workers: SIGINT twice, as a process
@@ -46,7 +50,7 @@ from typing import Any
 
 import yaml
 
-from infra.stack import processes
+from infra.stack import processes, zombies
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 DEFAULT_PREFECT_PORT = 4200
@@ -363,11 +367,15 @@ class Stack:
             if self._ensure_bucket():
                 did.append(f"created bucket {self.bucket}")
             did += self._ensure_pools()
+            if (zdid := zombies.ensure_zombie_automation(self.api_url)) != "unchanged":
+                did.append(f"{zdid} the zombie-run automation (docs/zombie-runs.md)")
             # Workers need only their pools: they start while the deployments register.
             workers = [p for p in POOLS if not self._running(f"worker-{p}")]
             since = time.time() - 1.0
             for pool in workers:
-                self._start(f"worker-{pool}", self._worker_cmd(pool))
+                # Heartbeats drive the zombie automation: a run whose worker died is Crashed.
+                self._start(f"worker-{pool}", self._worker_cmd(pool),
+                            PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(zombies.HEARTBEAT_FREQUENCY_S))
             if deploy and self._deploy(force=redeploy):
                 did.append("deployed prefect.yaml")
             for pool in workers:
