@@ -21,6 +21,21 @@ from deepperception.version import code_version, short_hash
 from tasks.common import TASK_DEFAULTS, checkpoint_dir, open_store, read_input_table, resolve_ref, run_logger
 
 
+def _in_run() -> bool:
+    """Inside a Prefect flow or task run. Outside one (``evaluate_task.fn`` from a script, a test, a
+    child process resuming a killed evaluation) the table and Markdown artifacts are not created:
+    Prefect would start an ephemeral API server just for them (tens of seconds) and deprecates
+    artifacts outside runs; the version's files hold the same metrics, chart and summary."""
+    from prefect.context import get_run_context
+    from prefect.exceptions import MissingContextError
+
+    try:
+        get_run_context()
+    except MissingContextError:
+        return False
+    return True
+
+
 def _artifact_key(text: str) -> str:
     """Prefect artifact keys allow lowercase letters, digits and dashes only.
 
@@ -101,10 +116,12 @@ def evaluate_task(
                     out.overall["Num"])
         # One key per arm: Prefect keeps every bench's table in that key's history (the
         # description names the bench).
-        key = _artifact_key(f"eval-{label}")
-        create_table_artifact(out.table_rows, key=key, description=f"KVG metrics of {label} ({checkpoint}) on {bench}")
-        create_markdown_artifact(out.summary_markdown, key=f"{key}-summary",
-                                 description=f"KVG evaluation of {label} with chart and CIs")
+        if _in_run():
+            key = _artifact_key(f"eval-{label}")
+            create_table_artifact(out.table_rows, key=key,
+                                  description=f"KVG metrics of {label} ({checkpoint}) on {bench}")
+            create_markdown_artifact(out.summary_markdown, key=f"{key}-summary",
+                                     description=f"KVG evaluation of {label} with chart and CIs")
         return out.metadata
 
     return run_stage(store, "evaluation", "evaluate", stage_cfg, {"checkpoint": checkpoint, "bench": bench},
