@@ -8,6 +8,7 @@ exist only inside image rendering/composition.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Sequence
 
@@ -161,12 +162,15 @@ def box_giou(pred: Sequence[float], gt: Sequence[float]) -> float:
     """Generalized IoU (Rezatofighi et al. 2019) of two valid boxes: IoU minus the share of their
     enclosing box that neither covers; in ``[-1, 1]``, equal to IoU when one box encloses the
     other's enclosing box (e.g. identical boxes), and < 0 for disjoint boxes (farther apart = lower).
+    Anything else (a non-finite, reversed or zero-area box) is -1, the worst score.
 
     >>> box_giou((0, 0, 10, 10), (0, 0, 10, 10))
     1.0
     >>> round(box_giou((0, 0, 10, 10), (20, 0, 30, 10)), 4)   # disjoint: enclosing box 30x10, union 200
     -0.3333
     """
+    if not (is_valid_box(pred) and is_valid_box(gt)):
+        return -1.0  # NaN/inf, reversed or zero-area: no overlap to speak of (was NaN or even 1.0)
     px1, py1, px2, py2 = (float(v) for v in pred)
     gx1, gy1, gx2, gy2 = (float(v) for v in gt)
     area_p = (px2 - px1) * (py2 - py1)
@@ -176,4 +180,5 @@ def box_giou(pred: Sequence[float], gt: Sequence[float]) -> float:
     enclose = (max(px2, gx2) - min(px1, gx1)) * (max(py2, gy2) - min(py1, gy1))
     if union <= 0 or enclose <= 0:
         return -1.0
-    return inter / union - (enclose - union) / enclose
+    g = inter / union - (enclose - union) / enclose
+    return g if math.isfinite(g) else -1.0  # huge finite boxes overflow to inf - inf

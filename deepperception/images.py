@@ -38,8 +38,16 @@ def decode_image(
         raise InputDataError(f"unsupported image value of type {type(value).__name__}", **where)
     try:
         with Image.open(io.BytesIO(value) if isinstance(value, (bytes, bytearray)) else value) as im:
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit is not None and im.width * im.height > limit:
+                # PIL only warns between 1x and 2x its limit and would decode it all (a 10000x10000
+                # PNG of a few KB is 300 MB of RGB): refuse it by its header, like open_photo.
+                raise InputDataError(f"image refused as a decompression bomb: {im.width}x{im.height} pixels "
+                                     f"is more than PIL's limit of {limit}", **where)
             im.load()
             return im.convert("RGB")
+    except InputDataError:
+        raise
     except Exception as exc:  # PIL raises a zoo of unrelated exception types for corrupt data
         raise InputDataError(f"image does not decode: {type(exc).__name__}: {exc}", **where) from None
 
@@ -95,7 +103,7 @@ def open_photo(data: bytes, *, crop_bottom: int = 0, name: str = "image") -> Ima
     except Image.DecompressionBombError as exc:
         raise ImageProblem("decompression_bomb", f"{name}: {exc}") from None
     except Exception as exc:
-        raise ImageProblem("corrupt_image", f"image does not decode: {type(exc).__name__}: {exc}") from None
+        raise ImageProblem("corrupt_image", f"image does not decode: {type(exc).__name__}: {exc} ({name})") from None
     with im:
         limit = Image.MAX_IMAGE_PIXELS
         if limit is not None and im.width * im.height > limit:
@@ -105,7 +113,7 @@ def open_photo(data: bytes, *, crop_bottom: int = 0, name: str = "image") -> Ima
             im.load()
             rgb = im.convert("RGB")
         except Exception as exc:  # truncated files fail here, not at open
-            raise ImageProblem("corrupt_image", f"image does not decode: {type(exc).__name__}: {exc}") from None
+            raise ImageProblem("corrupt_image", f"image does not decode: {type(exc).__name__}: {exc} ({name})") from None
     if crop_bottom:
         if crop_bottom >= rgb.height:
             raise ImageProblem("corrupt_image", f"{name}: {rgb.height} px tall, cannot cut {crop_bottom} px banner")
