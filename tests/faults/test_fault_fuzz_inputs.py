@@ -151,3 +151,40 @@ def test_bench_parquet_with_a_dropped_or_retyped_column_is_a_clear_error(reliabi
                               f"read_bench_for_scoring + score; {bad[:3]}")
     assert len(seen) >= 10
     assert not bad, bad[:5]
+
+
+@pytest.mark.fault("fuzz.parquet")
+def test_eval_cli_on_a_bench_with_a_retyped_column_exits_2_and_writes_nothing(reliability, fault_rng, tmp_path):
+    """The real `deepperception eval score` process: `error:` naming file and column, exit 2, no report."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    column = fault_rng.choice(COLUMNS)
+    change = fault_rng.choice(["drop", *sorted(WRONG_TYPES)])
+    cols = {c: pa.array(v, pa.string()) for c, v in GOOD.items()}
+    if change == "drop":
+        del cols[column]
+    else:
+        cols[column] = WRONG_TYPES[change]
+    bench = tmp_path / "user_bench.parquet"
+    pq.write_table(pa.table(cols), bench)
+    outputs = tmp_path / "outputs.jsonl"
+    outputs.write_text('{"question_id": "q0", "answer": "<answer>(1,2),(30,40)</answer>"}\n', encoding="utf-8")
+    out = tmp_path / "report"
+    t0 = time.monotonic()
+    exe = Path(sys.executable).with_name("deepperception")
+    proc = subprocess.run([str(exe), "eval", "score", "--bench", str(bench), "--outputs", str(outputs),
+                           "--out", str(out), "--empty-groups", "omit", "--resamples", "10"],
+                          capture_output=True, text=True, timeout=60)
+    err = proc.stderr.strip()
+    problems = []
+    if proc.returncode != 2:
+        problems.append(f"exit {proc.returncode}")
+    if not err.startswith("error: ") or "Traceback" in err or bench.name not in err or column not in err:
+        problems.append(f"stderr {err[-300:]!r}")
+    if out.exists() and any(out.iterdir()):
+        problems.append(f"wrote {sorted(p.name for p in out.iterdir())}")
+    reliability.record(lost=len(problems), corrupted=int(out.exists() and any(out.iterdir())), injected=1,
+                       recover_s=time.monotonic() - t0, detail=f"CLI on bench with {column} {change}: {problems}")
+    assert not problems, problems
