@@ -18,13 +18,21 @@ def completion_text(completion: Any) -> str:
     'hi'
     >>> completion_text([{"role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}])
     'ab'
+    >>> completion_text([{"role": "assistant", "content": None}]), completion_text([[]]), completion_text(None)
+    ('', '', '')
     """
     if isinstance(completion, str):
         return completion
     if isinstance(completion, dict):
         completion = [completion]
-    msg = completion[0] if completion else {}
-    content = msg.get("content", "")
+    # Anything else a hostile or broken server could hand over (None, a number, nested lists) is
+    # text or nothing, never an exception inside a reward function (tests/faults fuzzes this).
+    msg = completion[0] if isinstance(completion, (list, tuple)) and completion else {}
+    content = msg.get("content", "") if isinstance(msg, dict) else ""
+    if content is None:
+        return ""
     if isinstance(content, str):
         return content
-    return "".join(p.get("text") or "" for p in content if isinstance(p, dict))
+    if not isinstance(content, (list, tuple)):
+        return str(content)
+    return "".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
