@@ -1,4 +1,4 @@
-"""A training stage SIGKILLed midway resumes from its last complete checkpoint: the rerun of the
+"""Fault campaign, crash.sft / crash.grpo / crash.rl_filter. A training stage SIGKILLed midway resumes from its last complete checkpoint: the rerun of the
 same version continues the optimizer step count (global_step ends at max_steps, no step is
 trained twice), keeps the intermediate checkpoint the killed run had published, and lands on
 the weights of an uninterrupted run (CPU, float32, deterministic)."""
@@ -24,17 +24,27 @@ from deepperception.store.stage import run_stage
 from tasks.common import checkpoint_dir, register_external_checkpoint, resolve_checkpoint_ref
 from tasks.training import train_sft_task
 
-MAX_STEPS, RESUME_EVERY, SAVE_EVERY, KILL_AT = 10, 3, 5, 7
+MAX_STEPS, RESUME_EVERY, SAVE_EVERY = 10, 3, 5
 
-# The child kills itself with SIGKILL (no handler, no cleanup runs) when step KILL_AT + 1 starts:
-# a deterministic point between the resume points 6 and 9, with no race against the clock.
-CHILD = textwrap.dedent(f"""
+
+def _resume_points(upto: int) -> list[int]:
+    """Steps <= upto where the trainer saves a resume point (the resume and the publish multiples)."""
+    return [s for s in range(1, upto + 1) if s % RESUME_EVERY == 0 or s % SAVE_EVERY == 0]
+
+
+# The child kills itself with SIGKILL (no handler, no cleanup runs) when optimizer step KILL + 1
+# starts (KILL drawn by fault_rng): no race against the clock. Every step it starts is appended to
+# STEPS_LOG first, so the test counts what each process trained.
+CHILD = textwrap.dedent("""
     import os, signal, sys
     import transformers
+    kill_at, log = int(sys.argv[5]), sys.argv[6]
     _step = transformers.Trainer.training_step
     def training_step(self, *a, **k):
-        if self.state.global_step == {KILL_AT}:
+        if self.state.global_step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
+        with open(log, "a") as f:
+            f.write(f"{self.state.global_step + 1}\\n")
         return _step(self, *a, **k)
     transformers.Trainer.training_step = training_step
     from deepperception.store import ArtifactRef
@@ -59,61 +69,87 @@ def _inputs(uri: str, tiny_ckpt) -> tuple[ArtifactRef, ArtifactRef]:
     return base, data
 
 
-def _cfg() -> SFTStageConfig:
+def _cfg():
     from deepperception.config import load_profile
 
     return load_profile("toy", {"sft": {"max_steps": MAX_STEPS, "per_device_train_batch_size": 2,
                                         "resume_steps": RESUME_EVERY, "save_steps": SAVE_EVERY}}).sft
 
 
-def test_sigkilled_sft_resumes_from_last_checkpoint_and_matches_an_uninterrupted_run(tiny_ckpt, tmp_path, caplog):
+@pytest.mark.fault("crash.sft")
+def test_sigkilled_sft_resumes_from_last_checkpoint_and_matches_an_uninterrupted_run(
+        tiny_ckpt, tmp_path, caplog, monkeypatch, reliability, fault_rng):
     import torch
+    import transformers
     from deepperception.model.loading import load_model
 
+    kill_at = fault_rng.randint(RESUME_EVERY, MAX_STEPS - 1)  # after the first resume point, before the end
+    last = max(_resume_points(kill_at))
     killed_uri, clean_uri = str(tmp_path / "killed"), str(tmp_path / "clean")
     base, data = _inputs(killed_uri, tiny_ckpt)
     assert _inputs(clean_uri, tiny_ckpt) == (base, data)
     cfg = _cfg()
-    env = {**os.environ, "PYTHONPATH": str(Path.cwd())}
-    t0 = time.perf_counter()
-    child = subprocess.run([sys.executable, "-c", CHILD, cfg.model_dump_json(), str(base), str(data), killed_uri],
-                           env=env, capture_output=True, timeout=300)
-    killed_s = time.perf_counter() - t0
+    assert cfg.gradient_accumulation_steps == 1  # one training_step call per optimizer step
+    log = tmp_path / "killed-steps.log"
+    env = {**os.environ, "PYTHONPATH": str(Path.cwd()), "OMP_NUM_THREADS": "1"}
+    child = subprocess.run([sys.executable, "-c", CHILD, cfg.model_dump_json(), str(base), str(data), killed_uri,
+                            str(kill_at), str(log)], env=env, capture_output=True, timeout=300)
     assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-3000:]
+    killed_steps = [int(x) for x in log.read_text().split()]
+    assert killed_steps == list(range(1, kill_at + 1))
 
     store = ArtifactStore(StoreSettings(uri=killed_uri))
     assert store.latest("sft-checkpoint") is None  # nothing committed by the killed run
     works = list((store.settings.local_cache() / "work" / store.identity / "sft-checkpoint").iterdir())
     assert len(works) == 1
     trainer_dir = works[0] / "trainer"
-    assert sorted(p.name for p in trainer_dir.glob("checkpoint-*")) == ["checkpoint-6"]  # older ones pruned
-    assert (works[0] / "published" / "step-000005").is_dir()
+    assert sorted(p.name for p in trainer_dir.glob("checkpoint-*")) == [f"checkpoint-{last}"]  # older ones pruned
+    assert (works[0] / "published" / "step-000005").is_dir() == (kill_at >= SAVE_EVERY)
 
+    resumed_steps: list[int] = []
+    _step = transformers.Trainer.training_step
+
+    def training_step(self, *a, **k):
+        resumed_steps.append(self.state.global_step + 1)
+        return _step(self, *a, **k)
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", training_step)
     t0 = time.perf_counter()
     with caplog.at_level(logging.WARNING):
         resumed = train_sft_task.fn(cfg, base, data, killed_uri)
     resume_s = time.perf_counter() - t0
-    assert "sft: resuming from step 6" in caplog.text
+    monkeypatch.undo()
     meta = store.manifest(resumed).metadata
     m = meta["train"]
-    assert m["resumed_from_step"] == 6 and m["steps"] == MAX_STEPS
-    # The step count continued: one loss per optimizer step 1..10, the first six restored from the
-    # killed run's trainer_state, the last four trained after the resume (not ten new ones).
+
+    clean = train_sft_task.fn(cfg, base, data, clean_uri)
+    clean_store = ArtifactStore(StoreSettings(uri=clean_uri))
+    c = clean_store.manifest(clean).metadata["train"]
+    a = load_model(checkpoint_dir(store, resumed)).state_dict()
+    b = load_model(checkpoint_dir(clean_store, clean)).state_dict()
+
+    # The weights' steps: the killed run's up to its last resume point, then the resumed run's.
+    applied = [s for s in killed_steps if s <= last] + resumed_steps
+    lost = len(set(range(1, MAX_STEPS + 1)) - set(applied))
+    duplicated = len(applied) - len(set(applied))
+    corrupted = sum(not torch.equal(a[k], b[k]) for k in b) + len(set(a) ^ set(b))
+    reliability.record(lost=lost, duplicated=duplicated, corrupted=corrupted, recover_s=resume_s, injected=1,
+                       detail=f"SIGKILL when step {kill_at + 1} started; resumed from step {last}, "
+                              f"{kill_at - last} step(s) redone, {len(resumed_steps)} trained after the restart")
+    assert (lost, duplicated, corrupted) == (0, 0, 0), (applied, kill_at, last)
+
+    assert f"sft: resuming from step {last}" in caplog.text
+    assert m["resumed_from_step"] == last and m["steps"] == MAX_STEPS
+    assert resumed_steps == list(range(last + 1, MAX_STEPS + 1))
+    # The step count continued: one loss per optimizer step 1..10, the first ones restored from the
+    # killed run's trainer_state, the rest trained after the resume (not ten new ones).
     assert len(m["train_losses"]) == MAX_STEPS
     assert meta["checkpoints"] == [5, 10]
     assert not works[0].exists()  # resume state dropped once the version committed
-
-    t0 = time.perf_counter()
-    clean = train_sft_task.fn(cfg, base, data, clean_uri)
-    clean_s = time.perf_counter() - t0
     assert clean == resumed  # same version id: same inputs, config and code
-    c = ArtifactStore(StoreSettings(uri=clean_uri)).manifest(clean).metadata["train"]
     assert c["resumed_from_step"] is None and c["steps"] == MAX_STEPS
     # Restored RNG, data order and optimizer state: the resumed losses equal the uninterrupted ones.
     assert m["train_losses"] == c["train_losses"], (m["train_losses"], c["train_losses"])
-    a = load_model(checkpoint_dir(store, resumed)).state_dict()
-    b = load_model(checkpoint_dir(ArtifactStore(StoreSettings(uri=clean_uri)), clean)).state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
 
     # A published step is selectable by the one ref syntax and reloads.
     ref, step = resolve_checkpoint_ref(store, f"{resumed}#step=5")
@@ -122,8 +158,6 @@ def test_sigkilled_sft_resumes_from_last_checkpoint_and_matches_an_uninterrupted
     load_model(d5)
     with pytest.raises(ArtifactError, match=r"no published step 7 \(published steps: \[5, 10\]"):
         resolve_checkpoint_ref(store, f"{resumed}#step=7")
-    print(json.dumps({"killed_child_s": round(killed_s, 2), "resume_s": round(resume_s, 2),
-                      "uninterrupted_s": round(clean_s, 2)}))
 
 
 def test_the_health_table_reaches_the_prefect_api(prefect_harness, tmp_path):
