@@ -22,7 +22,7 @@ from deepperception.model.synthetic import synthetic_sft_rows
 from deepperception.store import ArtifactRef, ArtifactStore, StoreSettings
 from deepperception.store.stage import run_stage
 from tasks.common import checkpoint_dir, register_external_checkpoint, resolve_checkpoint_ref
-from tasks.training import train_sft_task
+from tasks.training import train_grpo_task, train_sft_task
 
 MAX_STEPS, RESUME_EVERY, SAVE_EVERY = 10, 3, 5
 
@@ -48,10 +48,13 @@ CHILD = textwrap.dedent("""
         return _step(self, *a, **k)
     transformers.Trainer.training_step = training_step
     from deepperception.store import ArtifactRef
+    from deepperception.training.grpo import GRPOStageConfig
     from deepperception.training.sft import SFTStageConfig
-    from tasks.training import train_sft_task
-    cfg = SFTStageConfig.model_validate_json(sys.argv[1])
-    train_sft_task.fn(cfg, ArtifactRef.parse(sys.argv[2]), ArtifactRef.parse(sys.argv[3]), sys.argv[4])
+    from tasks.training import train_grpo_task, train_sft_task
+    stage = sys.argv[7] if len(sys.argv) > 7 else "sft"
+    task, cls = (train_sft_task, SFTStageConfig) if stage == "sft" else (train_grpo_task, GRPOStageConfig)
+    cfg = cls.model_validate_json(sys.argv[1])
+    task.fn(cfg, ArtifactRef.parse(sys.argv[2]), ArtifactRef.parse(sys.argv[3]), sys.argv[4])
 """)
 
 
@@ -158,6 +161,75 @@ def test_sigkilled_sft_resumes_from_last_checkpoint_and_matches_an_uninterrupted
     load_model(d5)
     with pytest.raises(ArtifactError, match=r"no published step 7 \(published steps: \[5, 10\]"):
         resolve_checkpoint_ref(store, f"{resumed}#step=7")
+
+
+GRPO_STEPS, GRPO_RESUME = 3, 1
+
+
+@pytest.mark.fault("crash.grpo")
+def test_sigkilled_grpo_resumes_from_last_checkpoint_and_matches_an_uninterrupted_run(
+        tiny_ckpt, tmp_path, monkeypatch, reliability, fault_rng):
+    import torch
+    import transformers
+    from deepperception.config import load_profile
+    from deepperception.model.loading import load_model
+    from deepperception.model.synthetic import synthetic_grpo_rows
+
+    kill_at = fault_rng.randint(GRPO_RESUME, GRPO_STEPS - 1)
+    last = kill_at  # a resume point every step
+    cfg = load_profile("toy", {"grpo": {"max_steps": GRPO_STEPS, "resume_steps": GRPO_RESUME,
+                                        "save_steps": GRPO_STEPS}}).grpo
+    assert cfg.gradient_accumulation_steps == 1
+    uris = [str(tmp_path / "killed"), str(tmp_path / "clean")]
+    refs = []
+    for uri in uris:
+        store = ArtifactStore(StoreSettings(uri=uri))
+        init = register_external_checkpoint(store, str(tiny_ckpt), "sft-checkpoint", "sft")
+        rows = synthetic_grpo_rows(4)
+        data = run_stage(store, "grpo-dataset", "rl-filter", {"n": 4}, {}, lambda w: (w.write_table(rows), {})[1])[0]
+        refs.append((init, data))
+    assert refs[0] == refs[1]
+    init, data = refs[0]
+    log = tmp_path / "killed-steps.log"
+    env = {**os.environ, "PYTHONPATH": str(Path.cwd()), "OMP_NUM_THREADS": "1"}
+    child = subprocess.run([sys.executable, "-c", CHILD, cfg.model_dump_json(), str(init), str(data), uris[0],
+                            str(kill_at), str(log), "grpo"], env=env, capture_output=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-3000:]
+    killed_steps = [int(x) for x in log.read_text().split()]
+    store = ArtifactStore(StoreSettings(uri=uris[0]))
+    assert store.latest("grpo-checkpoint") is None
+
+    resumed_steps: list[int] = []
+    _step = transformers.Trainer.training_step
+
+    def training_step(self, *a, **k):
+        resumed_steps.append(self.state.global_step + 1)
+        return _step(self, *a, **k)
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", training_step)
+    t0 = time.perf_counter()
+    resumed = train_grpo_task.fn(cfg, init, data, uris[0])
+    resume_s = time.perf_counter() - t0
+    monkeypatch.undo()
+    m = store.manifest(resumed).metadata["train"]
+    clean = train_grpo_task.fn(cfg, init, data, uris[1])
+    clean_store = ArtifactStore(StoreSettings(uri=uris[1]))
+    c = clean_store.manifest(clean).metadata["train"]
+    a = load_model(checkpoint_dir(store, resumed)).state_dict()
+    b = load_model(checkpoint_dir(clean_store, clean)).state_dict()
+
+    applied = [s for s in killed_steps if s <= last] + resumed_steps
+    lost = len(set(range(1, GRPO_STEPS + 1)) - set(applied))
+    duplicated = len(applied) - len(set(applied))
+    corrupted = sum(not torch.equal(a[k], b[k]) for k in b) + len(set(a) ^ set(b))
+    reliability.record(lost=lost, duplicated=duplicated, corrupted=corrupted, recover_s=resume_s, injected=1,
+                       detail=f"SIGKILL when GRPO step {kill_at + 1} started; resumed from step {last}, "
+                              f"{len(resumed_steps)} step(s) trained after the restart")
+    assert (lost, duplicated, corrupted) == (0, 0, 0), (applied, kill_at, last, m, c)
+    assert killed_steps == list(range(1, kill_at + 1))
+    assert m["resumed_from_step"] == last and m["steps"] == GRPO_STEPS
+    assert c["resumed_from_step"] is None and c["steps"] == GRPO_STEPS
+    assert clean == resumed
 
 
 def test_the_health_table_reaches_the_prefect_api(prefect_harness, tmp_path):
