@@ -232,6 +232,110 @@ def test_sigkilled_grpo_resumes_from_last_checkpoint_and_matches_an_uninterrupte
     assert clean == resumed
 
 
+# The RL filter's sampler answers from a table by question id (as tests/training/test_rl_filter_shards.py
+# does: the stage-1 model's sampling is not what this scenario tests); the stage, its shards, the store
+# and the kill are real. The child SIGKILLs itself when shard KILL starts (shards run one at a time).
+RL_CHILD = textwrap.dedent("""
+    import json, os, signal, sys
+    from deepperception.config import RLFilterConfig
+    from deepperception.engine.shard_runner import ShardRunnerConfig
+    from deepperception.store import ArtifactRef
+    from deepperception.training import rl_filter as rlf
+    from tasks.rl_filter import rl_filter_task
+    cfg, ckpt, pool, uri, kill_at, log, answers = sys.argv[1:8]
+    answers = json.loads(answers)
+    def sampler(rows, ckpt_dir, **kw):
+        qids = rows.column("question_id").to_pylist()
+        with open(log, "a") as f:
+            f.write(" ".join(qids) + "\\n")
+        return {q: answers[q] for q in qids}
+    rlf.sample_cached = sampler
+    _score = rlf.rl_score_shard
+    def score(job):
+        if job.spec["part"] == int(kill_at):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return _score(job)
+    rlf.rl_score_shard = score
+    rl_filter_task.fn(RLFilterConfig.model_validate_json(cfg), ArtifactRef.parse(ckpt), ArtifactRef.parse(pool),
+                      uri, False, ShardRunnerConfig(kind="threads", max_workers=1))
+""")
+RL_RIGHT, RL_WRONG = "<answer>(0,0),(100,100)</answer>", "<answer>(900,900),(999,999)</answer>"
+RL_GT = "<answer> <|object_ref_start|>X<|object_ref_end|><|box_start|>(0,0),(100,100)<|box_end|> </answer>"
+
+
+@pytest.mark.fault("crash.rl_filter")
+def test_sigkilled_rl_filter_reruns_only_unfinished_shards_and_keeps_the_same_pool(
+        tmp_path, monkeypatch, reliability, fault_rng):
+    import pyarrow as pa
+    from deepperception.config import RLFilterConfig
+    from deepperception.engine.shard_runner import ShardRunnerConfig
+    from deepperception.training import rl_filter as rlf
+    from tasks.rl_filter import rl_filter_task
+
+    n_rows, per_part = 8, 2
+    n_parts = n_rows // per_part
+    counts = [fault_rng.randint(0, 4) for _ in range(n_rows)]
+    counts[0] = 2  # at least one kept row
+    answers = {f"q{i}": [RL_RIGHT] * c + [RL_WRONG] * (4 - c) for i, c in enumerate(counts)}
+    table = pa.Table.from_pylist([{"question_id": f"q{i}", "problem": f"find {i}", "solution": RL_GT}
+                                  for i in range(n_rows)])
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text('{"model_type": "qwen2_vl"}')
+    refs = []
+    for name in ("killed", "clean"):
+        store = ArtifactStore(StoreSettings(uri=str(tmp_path / name)))
+        with store.plan("grpo-pool", "training-data", {"rows": n_rows, "per_part": per_part}, {}) as w:
+            with w.table_writer("data", max_rows=per_part) as tw:
+                tw.write(table)
+            pool = w.commit({"rows": n_rows})
+        ckpt = register_external_checkpoint(store, str(tmp_path / "ckpt"), "sft-checkpoint", "sft")
+        refs.append((pool, ckpt))
+    assert refs[0] == refs[1]
+    pool, ckpt = refs[0]
+    cfg = RLFilterConfig(on_empty="error")
+    kill_at = fault_rng.randint(1, n_parts - 1)  # shards 0..kill_at-1 finished
+    log = tmp_path / "killed-sampled.log"
+    env = {**os.environ, "PYTHONPATH": str(Path.cwd()), "OMP_NUM_THREADS": "1"}
+    child = subprocess.run([sys.executable, "-c", RL_CHILD, cfg.model_dump_json(), str(ckpt), str(pool),
+                            str(tmp_path / "killed"), str(kill_at), str(log), json.dumps(answers)],
+                           env=env, capture_output=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-3000:]
+    killed_sampled = log.read_text().split()
+    killed_store = ArtifactStore(StoreSettings(uri=str(tmp_path / "killed")))
+    assert killed_store.latest("grpo-dataset") is None
+
+    sampled: list[str] = []
+
+    def sampler(rows, ckpt_dir, **kw):
+        qids = rows.column("question_id").to_pylist()
+        sampled.extend(qids)
+        return {q: answers[q] for q in qids}
+
+    monkeypatch.setattr(rlf, "sample_cached", sampler)
+    one = ShardRunnerConfig(kind="threads", max_workers=1)
+    t0 = time.perf_counter()
+    out = rl_filter_task.fn(cfg, ckpt, pool, str(tmp_path / "killed"), False, one)
+    recover_s = time.perf_counter() - t0
+    resumed_sampled = list(sampled)
+    sampled.clear()
+    clean = rl_filter_task.fn(cfg, ckpt, pool, str(tmp_path / "clean"), False, one)
+    clean_store = ArtifactStore(StoreSettings(uri=str(tmp_path / "clean")))
+
+    all_q = [f"q{i}" for i in range(n_rows)]
+    got = killed_store.read_table(out, "scored").column("question_id").to_pylist()
+    lost = len(set(all_q) - set(got))
+    duplicated = (len(got) - len(set(got))) + len(set(killed_sampled) & set(resumed_sampled))
+    corrupted = int(not killed_store.read_table(out).equals(clean_store.read_table(clean))) + int(
+        not killed_store.read_table(out, "scored").equals(clean_store.read_table(clean, "scored")))
+    reliability.record(lost=lost, duplicated=duplicated, corrupted=corrupted, recover_s=recover_s, injected=1,
+                       detail=f"SIGKILL when shard {kill_at} of {n_parts} started; rerun sampled "
+                              f"{len(resumed_sampled)} of {n_rows} rows")
+    assert (lost, duplicated, corrupted) == (0, 0, 0), (killed_sampled, resumed_sampled)
+    assert killed_sampled == all_q[:kill_at * per_part]
+    assert sorted(resumed_sampled) == all_q[kill_at * per_part:]  # finished shards not rolled out again
+    assert out == clean
+
+
 def test_the_health_table_reaches_the_prefect_api(prefect_harness, tmp_path):
     """The monitors table of a trained checkpoint becomes a Prefect table artifact (what the UI
     shows), its description carrying the summary's flags; outside a run nothing is created."""
