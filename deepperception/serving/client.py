@@ -7,7 +7,7 @@ What a stage needs from it, and the ``openai`` SDK alone does not give:
   yet yielded), and yields one ``ChatResult`` per request, in request order.
 * **No lost item**: every server trouble becomes a ``ChatResult`` with a short ``reason`` code
   (``http_429``, ``http_5xx``, ``http_4xx``, ``timeout``, ``connection``, ``malformed_json``,
-  ``empty_choices``, ``missing_field``, ``empty_reply``, ``corrupt_image``) and the number of
+  ``empty_choices``, ``missing_field``, ``empty_reply``, ``oversized_reply``, ``corrupt_image``) and the number of
   HTTP ``attempts`` it took; nothing raises for a per-item failure.
 * **Retries that respect the server**: 429, 5xx, timeouts, connection errors and malformed bodies
   (a proxy cutting a reply short is transient) are retried up to ``max_retries`` times, sleeping
@@ -361,13 +361,30 @@ class ChatClient:
         return body
 
     def _attempt(self, body: dict[str, Any]) -> _Attempt:
+        cap = self.endpoint.max_response_bytes
+        deadline = time.monotonic() + self.endpoint.timeout_s
         try:
-            resp = self._http.post("chat/completions", json=body)
+            with self._http.stream("POST", "chat/completions", json=body) as resp:
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in resp.iter_bytes():  # read at most ``cap`` bytes: a runaway body costs no memory
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > cap:
+                        return _Attempt(reason="oversized_reply",
+                                        error=f"reply from {self.model} is over max_response_bytes ({cap} bytes); "
+                                              f"cut off unread (HTTP {resp.status_code})")
+                    if time.monotonic() > deadline:  # httpx's timeout is per read: a trickling body never trips it
+                        return _Attempt(reason="timeout", error=f"reply from {self.model} still arriving after "
+                                                                f"{self.endpoint.timeout_s} s (cut off)")
+                status, content, headers = resp.status_code, b"".join(chunks), resp.headers
         except httpx.TimeoutException as exc:
             return _Attempt(reason="timeout", error=f"no reply from {self.model} within {self.endpoint.timeout_s} s ({type(exc).__name__})")
         except httpx.TransportError as exc:
             return _Attempt(reason="connection", error=f"{type(exc).__name__} talking to {self.model} at {self.endpoint.base_url}: {exc}")
-        return parse_completion(resp.status_code, resp.content, resp.headers)
+        except httpx.DecodingError as exc:  # a body that does not match its Content-Encoding (garbage gzip...)
+            return _Attempt(reason="malformed_json", error=f"reply from {self.model} does not decode: {exc}")
+        return parse_completion(status, content, headers)
 
     def complete(self, request: ChatRequest) -> ChatResult:
         """One request with its retries; never raises for server trouble (see the module doc)."""

@@ -37,6 +37,9 @@ class EndpointConfig(BaseModel):
         0.5, ge=0, description="Backoff before retry n is uniform in [0, min(backoff_max_s, backoff_base_s * 2**n)] (full jitter).")
     backoff_max_s: float = Field(
         30.0, ge=0, description="Upper bound of one backoff sleep, also of an honoured Retry-After.")
+    max_response_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest reply body read from the server; a longer one is cut off and "
+        "the attempt fails with reason 'oversized_reply' (not retried: the same request gets the same answer).")
     price_per_1k_prompt_tokens: float = Field(
         0.0, ge=0, description="Cost of 1000 prompt tokens in your currency, for the run's cost accounting.")
     price_per_1k_completion_tokens: float = Field(

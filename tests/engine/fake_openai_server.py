@@ -3,7 +3,8 @@
 It speaks HTTP through ``http.server`` in a thread, validates each request the way a VLM server
 must (one user turn: an ``image_url`` data URL that decodes as an image, then a text part) and
 hands the decoded image and text to a test-supplied ``responder``. The responder returns the
-reply text, or an ``int`` HTTP status to fail that call. Malformed requests get a 400 and are
+reply text, or an ``int`` HTTP status to fail that call, or a ``Raw`` reply for fault tests (any
+status, body bytes and headers, a sleep before answering, a connection dropped mid-body). Malformed requests get a 400 and are
 recorded in ``problems`` so tests can assert there were none.
 
 ``served_labeler`` / ``served_teacher`` build the product's model backends for such a server the
@@ -24,7 +25,20 @@ from typing import Any, Callable, Iterator
 
 from PIL import Image
 
-Responder = Callable[[Image.Image, str, dict], "str | int"]
+Responder = Callable[[Image.Image, str, dict], "str | int | Raw"]
+
+
+@dataclass
+class Raw:
+    """A reply sent exactly as given: ``status``, ``body`` and ``headers`` (Content-Length is the
+    full body's unless ``cut_at`` is set: then only ``body[:cut_at]`` is written and the connection
+    is closed, a reply dropped mid-body), after sleeping ``delay_s`` (past the client's timeout...)."""
+
+    status: int = 200
+    body: bytes = b""
+    headers: dict = field(default_factory=dict)
+    delay_s: float = 0.0
+    cut_at: int | None = None
 
 
 @dataclass
@@ -66,6 +80,28 @@ class FakeOpenAIServer:
                 with server._lock:
                     server.statuses.append(status)
 
+            def _send_raw(self, raw: "Raw") -> None:
+                import time
+
+                if raw.delay_s:
+                    time.sleep(raw.delay_s)
+                try:
+                    self.send_response(raw.status)
+                    headers = {"Content-Type": "application/json", **raw.headers}
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(raw.body)))
+                    self.end_headers()
+                    self.wfile.write(raw.body if raw.cut_at is None else raw.body[:raw.cut_at])
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up first (timeout, size cap)
+                    pass
+                if raw.cut_at is not None:
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                with server._lock:
+                    server.statuses.append(raw.status)
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if not self.path.endswith("/chat/completions"):
@@ -81,6 +117,8 @@ class FakeOpenAIServer:
                 with server._lock:
                     server.calls.append(Call(req["model"], text, image.size, params, self.headers.get("Authorization")))
                 reply = server.responder(image, text, req)
+                if isinstance(reply, Raw):
+                    return self._send_raw(reply)
                 if isinstance(reply, int):
                     return self._send(reply, {"error": {"message": f"scripted {reply}", "type": "server_error"}},
                                       {"retry-after-ms": "5"})
