@@ -24,7 +24,7 @@ from deepperception.store.stage import run_stage
 from tasks.common import checkpoint_dir, register_external_checkpoint, resolve_checkpoint_ref
 from tasks.training import train_grpo_task, train_sft_task
 
-MAX_STEPS, RESUME_EVERY, SAVE_EVERY = 10, 3, 5
+MAX_STEPS, RESUME_EVERY, SAVE_EVERY = 6, 2, 3
 
 
 def _resume_points(upto: int) -> list[int]:
@@ -107,7 +107,7 @@ def test_sigkilled_sft_resumes_from_last_checkpoint_and_matches_an_uninterrupted
     assert len(works) == 1
     trainer_dir = works[0] / "trainer"
     assert sorted(p.name for p in trainer_dir.glob("checkpoint-*")) == [f"checkpoint-{last}"]  # older ones pruned
-    assert (works[0] / "published" / "step-000005").is_dir() == (kill_at >= SAVE_EVERY)
+    assert (works[0] / "published" / f"step-{SAVE_EVERY:06d}").is_dir() == (kill_at >= SAVE_EVERY)
 
     resumed_steps: list[int] = []
     _step = transformers.Trainer.training_step
@@ -144,10 +144,10 @@ def test_sigkilled_sft_resumes_from_last_checkpoint_and_matches_an_uninterrupted
     assert f"sft: resuming from step {last}" in caplog.text
     assert m["resumed_from_step"] == last and m["steps"] == MAX_STEPS
     assert resumed_steps == list(range(last + 1, MAX_STEPS + 1))
-    # The step count continued: one loss per optimizer step 1..10, the first ones restored from the
-    # killed run's trainer_state, the rest trained after the resume (not ten new ones).
+    # The step count continued: one loss per optimizer step 1..MAX_STEPS, the first ones restored from the
+    # killed run's trainer_state, the rest trained after the resume (not MAX_STEPS new ones).
     assert len(m["train_losses"]) == MAX_STEPS
-    assert meta["checkpoints"] == [5, 10]
+    assert meta["checkpoints"] == [SAVE_EVERY, MAX_STEPS]
     assert not works[0].exists()  # resume state dropped once the version committed
     assert clean == resumed  # same version id: same inputs, config and code
     assert c["resumed_from_step"] is None and c["steps"] == MAX_STEPS
@@ -155,12 +155,12 @@ def test_sigkilled_sft_resumes_from_last_checkpoint_and_matches_an_uninterrupted
     assert m["train_losses"] == c["train_losses"], (m["train_losses"], c["train_losses"])
 
     # A published step is selectable by the one ref syntax and reloads.
-    ref, step = resolve_checkpoint_ref(store, f"{resumed}#step=5")
+    ref, step = resolve_checkpoint_ref(store, f"{resumed}#step={SAVE_EVERY}")
     d5 = checkpoint_dir(store, ref, step)
     assert json.loads((d5 / "config.json").read_text())["model_type"] == "qwen2_vl"
     load_model(d5)
-    with pytest.raises(ArtifactError, match=r"no published step 7 \(published steps: \[5, 10\]"):
-        resolve_checkpoint_ref(store, f"{resumed}#step=7")
+    with pytest.raises(ArtifactError, match=rf"no published step 4 \(published steps: \[{SAVE_EVERY}, {MAX_STEPS}\]"):
+        resolve_checkpoint_ref(store, f"{resumed}#step=4")
 
 
 GRPO_STEPS, GRPO_RESUME = 3, 1
