@@ -31,6 +31,7 @@ still read what went wrong from ``result.exception``.
 from __future__ import annotations
 
 import copy
+import errno
 import logging
 import os
 import sys
@@ -47,6 +48,8 @@ INTERNAL_ERROR = 1
 DEBUG_ENV = "DP_DEBUG"
 
 # OSErrors that mean "the path you gave does not work", not "the program is broken".
+# A full disk or quota (the store's filesystem), named with the file being written: the user's to fix.
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _PATH_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
 
 
@@ -110,6 +113,9 @@ def render_error(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, (PipelineError, ValueError)):
         code = getattr(exc, "exit_code", USER_ERROR)
         return f"error: {str(exc).strip() or type(exc).__name__}", code if isinstance(code, int) else USER_ERROR
+    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:  # a full disk is the store's, not a bug
+        where = f": {exc.filename}" if exc.filename is not None else ""
+        return f"error: {exc.strerror or 'no space left on device'}{where}", USER_ERROR
     if isinstance(exc, _PATH_ERRORS) and exc.filename is not None:
         return f"error: {exc.strerror or exc}: {exc.filename}", USER_ERROR
     text = str(exc).strip().splitlines()

@@ -1,0 +1,154 @@
+"""Store edge faults: disk full while a stage writes its version (more edges: see fault_weed.py)."""
+
+from __future__ import annotations
+
+import errno
+import time
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pytest
+
+from deepperception.cli_errors import render_error
+from deepperception.store import ArtifactStore, StoreSettings
+from deepperception.store.stage import run_stage
+
+ROWS = 400
+
+
+class _FullDisk(pafs.FileSystemHandler):
+    """LocalFileSystem that raises ENOSPC once ``budget`` bytes have been written (a filling disk)."""
+
+    def __init__(self, budget: int) -> None:
+        self.fs = pafs.LocalFileSystem()
+        self.budget = budget
+        self.hits = 0
+
+    def __eq__(self, other):
+        return self is other
+
+    def __ne__(self, other):
+        return self is not other
+
+    def get_type_name(self):
+        return "fulldisk"
+
+    def normalize_path(self, path):
+        return path
+
+    def get_file_info(self, paths):
+        return self.fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector):
+        return self.fs.get_file_info(selector)
+
+    def create_dir(self, path, recursive):
+        self.fs.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path):
+        self.fs.delete_dir(path)
+
+    def delete_dir_contents(self, path, missing_dir_ok=False):
+        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self):
+        raise OSError("refusing to delete the root")
+
+    def delete_file(self, path):
+        self.fs.delete_file(path)
+
+    def move(self, src, dest):
+        self.fs.move(src, dest)
+
+    def copy_file(self, src, dest):
+        self.fs.copy_file(src, dest)
+
+    def open_input_stream(self, path):
+        return self.fs.open_input_stream(path)
+
+    def open_input_file(self, path):
+        return self.fs.open_input_file(path)
+
+    def open_append_stream(self, path, metadata):
+        return self._wrap(self.fs.open_append_stream(path), path)
+
+    def open_output_stream(self, path, metadata):
+        return self._wrap(self.fs.open_output_stream(path), path)
+
+    def _wrap(self, stream, path):
+        handler = self
+
+        class _Out:
+            closed = False
+
+            def write(self, data):
+                n = len(memoryview(data).cast("B"))
+                if handler.budget - n < 0:
+                    handler.hits += 1
+                    raise OSError(errno.ENOSPC, "No space left on device", path)
+                handler.budget -= n
+                return stream.write(data)
+
+            def flush(self):
+                stream.flush()
+
+            def close(self):
+                self.closed = True
+                stream.close()
+
+            def writable(self):
+                return True
+
+            def readable(self):
+                return False
+
+            def seekable(self):
+                return False
+
+            def tell(self):
+                return stream.tell()
+
+        return pa.PythonFile(_Out(), mode="w")
+
+
+def _produce(w):
+    for part in range(4):
+        ids = list(range(part * ROWS // 4, (part + 1) * ROWS // 4))
+        w.write_table(pa.table({"id": ids, "text": [f"row {i} " * 20 for i in ids]}), f"data-{part}")
+    return {"n": ROWS}
+
+
+@pytest.mark.fault("edge.disk_full")
+def test_disk_full_commits_nothing_then_rerun_completes(tmp_path, reliability, fault_rng):
+    settings = StoreSettings(uri=str(tmp_path / "store"), cache_dir=str(tmp_path / "cache"), lease=False)
+    clean = ArtifactStore(StoreSettings(uri=str(tmp_path / "clean"), cache_dir=str(tmp_path / "c2"), lease=False))
+    clean_ref, _ = run_stage(clean, "t", "s", {"k": 1}, {}, _produce, task=_produce)
+    total = sum(e.bytes for e in clean.manifest(clean_ref).files)
+    budget = fault_rng.randint(1, max(2, total - 1))  # the disk fills at a random byte of the version
+    store = ArtifactStore(settings)
+    handler = _FullDisk(budget)
+    store.fs = pafs.PyFileSystem(handler)
+    with pytest.raises(Exception) as info:
+        run_stage(store, "t", "s", {"k": 1}, {}, _produce, task=_produce)
+    message = str(info.value)
+    rendered, code = render_error(info.value)  # what `deepperception ...` prints for it
+    vdir = tmp_path / "store" / "t"
+    visible = [p for p in vdir.rglob("*") if p.is_file() and "_attempts" not in p.parts]
+    injected = handler.hits
+    assert store.list("t") == [], "a version was committed on a full disk"
+    t0 = time.monotonic()
+    rerun = ArtifactStore(settings)  # space freed: an ordinary store on the same root
+    ref, reused = run_stage(rerun, "t", "s", {"k": 1}, {}, _produce, task=_produce)
+    recover_s = time.monotonic() - t0
+    got = [i for p in range(4) for i in rerun.read_table(ref, f"data-{p}").column("id").to_pylist()]
+    want = [i for p in range(4) for i in clean.read_table(clean_ref, f"data-{p}").column("id").to_pylist()]
+    problems = rerun.verify(ref)
+    reliability.record(lost=len(set(want) - set(got)), duplicated=len(got) - len(set(got)),
+                       corrupted=len(problems) + (ref.version != clean_ref.version) + len(visible), recover_s=recover_s,
+                       injected=injected, detail=f"ENOSPC after {budget} of {total} bytes; rerun rewrote the version")
+    assert injected >= 1 and not reused
+    assert "No space left" in message or "ENOSPC" in message or "space" in message.lower(), message
+    assert code == 2 and rendered.startswith("error: No space left on device: ") and "\n" not in rendered, rendered
+    assert not visible, f"files of the failed version visible outside its attempt: {visible}"
+    assert str(tmp_path / "store") in message, f"error does not name the store path: {message}"
+    assert sorted(got) == sorted(want) and not problems and ref.version == clean_ref.version
