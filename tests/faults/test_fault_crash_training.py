@@ -164,6 +164,10 @@ def test_sigkilled_sft_resumes_from_last_checkpoint_and_matches_an_uninterrupted
 
 
 GRPO_STEPS, GRPO_RESUME = 3, 1
+# Fidelity: the tiny random model earns reward 0 on every completion, so GRPO's advantages are 0.
+# weight_decay makes step 1 move the weights (AdamW's decoupled decay, on the restored LR schedule);
+# from step 2 the policy differs from the reference model, so the KL term gives real gradients that
+# depend on the sampled completions (the restored RNG). The weights are compared exactly.
 
 
 @pytest.mark.fault("crash.grpo")
@@ -178,7 +182,8 @@ def test_sigkilled_grpo_resumes_from_last_checkpoint_and_matches_an_uninterrupte
     kill_at = fault_rng.randint(GRPO_RESUME, GRPO_STEPS - 1)
     last = kill_at  # a resume point every step
     cfg = load_profile("toy", {"grpo": {"max_steps": GRPO_STEPS, "resume_steps": GRPO_RESUME,
-                                        "save_steps": GRPO_STEPS}}).grpo
+                                        "save_steps": GRPO_STEPS, "per_device_train_batch_size": 2,
+                                        "max_completion_length": 8, "weight_decay": 0.1}}).grpo
     assert cfg.gradient_accumulation_steps == 1
     uris = [str(tmp_path / "killed"), str(tmp_path / "clean")]
     refs = []
@@ -230,6 +235,9 @@ def test_sigkilled_grpo_resumes_from_last_checkpoint_and_matches_an_uninterrupte
     assert m["resumed_from_step"] == last and m["steps"] == GRPO_STEPS
     assert c["resumed_from_step"] is None and c["steps"] == GRPO_STEPS
     assert clean == resumed
+    # The comparison means something: GRPO moved the weights away from the initial checkpoint.
+    init_sd = load_model(tiny_ckpt).state_dict()
+    assert any(not torch.equal(init_sd[k], b[k]) for k in b), "GRPO steps left every weight unchanged"
 
 
 # The RL filter's sampler answers from a table by question id (as tests/training/test_rl_filter_shards.py
