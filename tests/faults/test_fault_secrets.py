@@ -1,19 +1,22 @@
 """Known secrets (S3 secret key, access key id, OpenAI-compatible API key) scanned for after a real run (issue 11, item 4).
 
-A Prefect flow (under the real test Prefect server) runs the toy profile's data-engine head for real:
-entity mining, image collection and box labeling over the repo's fake OpenAI server, into an S3 store
-on the moto server. The secrets are random strings from ``fault_rng``, given only through the
+A Prefect flow (under the real test Prefect server) runs the toy profile's whole data engine for real:
+entity mining, image collection, box labeling and CoT distillation over the repo's fake OpenAI server
+(both with the API key), composition, bench, filtering, contamination check, training data and the
+data card, into an S3 store on the moto server. The secrets are random strings from ``fault_rng``, given only through the
 environment (``AWS_ACCESS_KEY_ID``, ``DP_STORE_S3_SECRET_ACCESS_KEY``, ``OPENAI_API_KEY``). Then every
 object in the bucket (raw bytes), the Prefect database files (sqlite + WAL/journal), the flow and
 task run logs read back through the Prefect API, the captured stdout/stderr/logging and the local dirs
 the run wrote (tmp dir, cache dir) are scanned for each secret in raw, base64 and URL-encoded form.
-A positive control plants a secret in the bucket and must be found. Not covered: training/eval stages.
+A positive control plants a secret in the bucket and must be found. Not covered here: training and
+evaluation (they talk to no endpoint; their store access is the same client as above).
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import re
 import string
 import sys
 import time
@@ -22,10 +25,12 @@ from pathlib import Path
 
 import pytest
 
-from deepperception.config import LabelingStageConfig, ShardingConfig, profile
+from deepperception.config import DistillationStageConfig, LabelingStageConfig, ShardingConfig, profile
 from deepperception.engine.shard_runner import ShardRunnerConfig
 from deepperception.serving.endpoint import EndpointConfig
-from tasks.engine import collect_images_task, label_boxes_task, mine_entities_task
+from tasks.engine import (build_bench_task, build_grpo_pool_task, build_sft_dataset_task, collect_images_task,
+                          compose_task, distill_cot_task, filter_cot_task, label_boxes_task, mine_entities_task)
+from tasks.products import contamination_task, data_card_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 from fake_openai_server import FakeOpenAIServer  # noqa: E402
@@ -68,7 +73,16 @@ class Scanner:
                     pass
 
 
-def _label_reply(image, text, req):
+TEACHER_PROMPT = re.compile(r"The bounding box of (.+?) is (\(\d+,\d+\),\(\d+,\d+\))\. Give the reasoning")
+
+
+def _reply(image, text, req):
+    """The teacher's CoT when asked for one (its prompt names the box), else the labeler's box."""
+    m = TEACHER_PROMPT.search(text)
+    if m:
+        name, box = m.groups()
+        return (f"Planning: look for the {name}.\n\nVisual analysis:\n- the image is {image.size[0]}x{image.size[1]}."
+                f"\n\nComparison: compare.\n\nConclusion: the {name} is at {box}.")
     return "<|object_ref_start|>it<|object_ref_end|><|box_start|>(100,120),(880,900)<|box_end|>"
 
 
@@ -119,24 +133,40 @@ def test_no_secret_in_store_db_logs_or_dirs(prefect_harness, moto_endpoint, tmp_
     uri = f"s3://{bucket}/runs"
     cfg = profile("toy")
 
-    with FakeOpenAIServer(_label_reply) as server:
-        labeling = LabelingStageConfig(backend="openai", endpoint=EndpointConfig(
-            base_url=server.base_url, model="toy-vl", concurrency=1, max_retries=0, timeout_s=30))
+    with FakeOpenAIServer(_reply) as server:
+        endpoint = dict(base_url=server.base_url, concurrency=1, max_retries=0, timeout_s=30)
+        labeling = LabelingStageConfig(backend="openai", endpoint=EndpointConfig(model="toy-vl", **endpoint))
+        teacher = cfg.distillation.model_copy(update=dict(
+            backend="openai", endpoint=EndpointConfig(model="teacher-72b", **endpoint)))
+        teacher = DistillationStageConfig.model_validate(teacher.model_dump())
+        one = ShardRunnerConfig(kind="threads", max_workers=1)
 
         @flow(name="secrets-scan", log_prints=True)
-        def head():
+        def engine():
             entities = mine_entities_task(cfg.data, uri)
             images = collect_images_task(cfg.data, cfg.collection, entities, uri, False,
                                          ShardingConfig(images_per_shard=4))
             print(f"labeling with {labeling}")  # a config printed in the flow log must not show the key
-            return label_boxes_task(labeling, images, uri, False, ShardRunnerConfig(kind="threads", max_workers=1))
+            labeled = label_boxes_task(labeling, images, uri, False, one)
+            train = compose_task(cfg.compose_train, labeled, uri, False, cfg.sharding, one)
+            bench_c = compose_task(cfg.compose_bench, labeled, uri, False, cfg.sharding, one)
+            bench = build_bench_task(cfg.datasets, bench_c, uri)
+            cot = distill_cot_task(teacher, train, entities, uri, False, one)
+            kept = filter_cot_task(cfg.filtering, cot, uri)
+            clean = contamination_task(cfg.contamination, bench, bench_c, labeled, train, uri)
+            sft = build_sft_dataset_task(kept, train, uri, False, clean)
+            pool = build_grpo_pool_task(cfg.datasets, train, uri, False, clean)
+            return data_card_task({"images": images, "labeled": labeled, "composites": train, "cot": cot,
+                                   "cot_filtered": kept, "sft_dataset": sft, "grpo_pool": pool, "bench": bench,
+                                   "contamination": clean}, uri)
 
         with caplog.at_level("INFO"):
-            state = head(return_state=True)
+            state = engine(return_state=True)
         assert state.is_completed(), (state, server.problems)
-        labeled = state.result()
+        card = state.result()
     # the key was really used: every request carried it
     assert server.calls, "the labeler sent no request"
+    assert any(TEACHER_PROMPT.search(c.text) for c in server.calls), "the teacher was never asked"
     assert {c.authorization for c in server.calls} == {f"Bearer {secrets['API key']}"}
 
     scanner = Scanner(secrets)
@@ -144,7 +174,8 @@ def test_no_secret_in_store_db_logs_or_dirs(prefect_harness, moto_endpoint, tmp_
     for key, data in _bucket_objects(s3, bucket):
         scanner.scan(f"s3://{bucket}/{key}", data)
         places += 1
-    assert places >= 5 and any(k.endswith("_manifest.json") for k, _ in _bucket_objects(s3, bucket)), labeled
+    assert places >= 5 and any(k.endswith("_manifest.json") for k, _ in _bucket_objects(s3, bucket)), card
+    assert any(k.endswith("card.md") for k, _ in _bucket_objects(s3, bucket)), "no data card in the bucket"
     db = _prefect_db_files()
     assert any(str(state.state_details.flow_run_id).replace("-", "").encode() in p.read_bytes()
                or str(state.state_details.flow_run_id).encode() in p.read_bytes() for p in db), \
