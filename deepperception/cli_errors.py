@@ -116,6 +116,8 @@ def render_error(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:  # a full disk is the store's, not a bug
         where = f": {exc.filename}" if exc.filename is not None else ""
         return f"error: {exc.strerror or 'no space left on device'}{where}", USER_ERROR
+    if isinstance(exc, OSError) and "AWS Error NETWORK_CONNECTION" in str(exc):  # store down after its retries
+        return f"error: S3 store unreachable (DP_STORE_S3_ENDPOINT_URL): {' '.join(str(exc).split())}", USER_ERROR
     if isinstance(exc, _PATH_ERRORS) and exc.filename is not None:
         return f"error: {exc.strerror or exc}: {exc.filename}", USER_ERROR
     text = str(exc).strip().splitlines()

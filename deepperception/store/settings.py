@@ -73,6 +73,15 @@ class StoreSettings(BaseSettings):
     )
     lease_ttl_s: float = Field(120.0, description="A lease not renewed for this long is taken over (its owner died).")
     lease_poll_s: float = Field(1.0, description="How often a waiting run checks the lease and the manifest.")
+    s3_max_attempts: int = Field(
+        3, ge=1,
+        description="Attempts per S3 request (pyarrow and boto3, AWS standard retries with exponential backoff): "
+        "a store restarting for a few seconds is ridden out; one that stays down fails after these attempts.",
+    )
+    s3_connect_timeout_s: float = Field(5.0, gt=0, description="Seconds to wait for a TCP connection to the S3 endpoint.")
+    s3_request_timeout_s: float = Field(
+        60.0, gt=0, description="Seconds an S3 request may wait for the endpoint's answer before it is retried."
+    )
     cache_dir: str = Field(
         "", description="Local cache for files materialised from S3 (checkpoints). Default: ~/.cache/deepperception."
     )
@@ -127,12 +136,16 @@ class StoreSettings(BaseSettings):
         import boto3
 
         key, secret = self._credentials()
+        from botocore.config import Config
+
         return boto3.client(
             "s3",
             endpoint_url=self._endpoint(),
             region_name=self.s3_region,
             aws_access_key_id=key,
             aws_secret_access_key=secret,
+            config=Config(retries={"max_attempts": self.s3_max_attempts, "mode": "standard"},
+                          connect_timeout=self.s3_connect_timeout_s, read_timeout=self.s3_request_timeout_s),
         )
 
     def arrow_filesystem(self) -> tuple[Any, str]:
@@ -143,7 +156,11 @@ class StoreSettings(BaseSettings):
             root = Path(self.uri).expanduser().resolve()
             return pafs.LocalFileSystem(), str(root)
         key, secret = self._credentials()
-        kwargs: dict[str, Any] = {"region": self.s3_region, "access_key": key, "secret_key": secret}
+        kwargs: dict[str, Any] = {
+            "region": self.s3_region, "access_key": key, "secret_key": secret,
+            "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=self.s3_max_attempts),
+            "connect_timeout": self.s3_connect_timeout_s, "request_timeout": self.s3_request_timeout_s,
+        }
         endpoint = self._endpoint()
         if endpoint:
             scheme, _, host = endpoint.partition("://")

