@@ -1,7 +1,7 @@
-"""The labeler endpoint answering 429, 500, timeouts and garbage (issue 11, item 2), and huge bodies.
+"""The labeler and teacher endpoints answering 429, 500, timeouts and garbage (issue 11, item 2), and huge bodies.
 
-The real labeling stage (``label_boxes_task``, backend ``openai``) runs against the repo's real
-HTTP fake server. ``fault_rng`` picks, per fault kind, which requests fail and how many times:
+The real labeling stage (``label_boxes_task``, backend ``openai``) and the real distillation stage
+(``distill_cot_task``, teacher backend ``openai``) each run against the repo's real HTTP fake server. ``fault_rng`` picks, per fault kind, which requests fail and how many times:
 a transient fault fails an item at most ``max_retries`` times (it must be retried with backoff
 and succeed), a persistent one outlasts the retries (within ``max_failure_rate`` the stage
 commits a partial version recording the item's reason code; the rerun asks again only for that
@@ -20,11 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from deepperception.config import LabelingStageConfig, ShardingConfig, profile
+import re
+
+from deepperception.config import DistillationStageConfig, LabelingStageConfig, ShardingConfig, profile
+from deepperception.engine.composition import CompositionConfig
+from deepperception.engine.distillation import DistillConfig
 from deepperception.engine.shard_runner import ShardRunnerConfig
 from deepperception.serving.endpoint import EndpointConfig
 from deepperception.store import ArtifactStore, StoreSettings
-from tasks.engine import collect_images_task, label_boxes_task, mine_entities_task
+from tasks.engine import collect_images_task, compose_task, distill_cot_task, label_boxes_task, mine_entities_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 from fake_openai_server import FakeOpenAIServer, Raw  # noqa: E402
@@ -48,16 +52,57 @@ FAULTS = {  # kind -> (the reply, the client's reason code)
 }
 
 
+def _endpoint(base_url: str, model: str, **kw) -> EndpointConfig:
+    return EndpointConfig(base_url=base_url, model=model, concurrency=4, max_retries=RETRIES, timeout_s=TIMEOUT_S,
+                          backoff_base_s=0.01, backoff_max_s=0.05, **kw)
+
+
 def _config(base_url: str, **kw) -> LabelingStageConfig:
-    return LabelingStageConfig(backend="openai", endpoint=EndpointConfig(
-        base_url=base_url, model="vl", concurrency=4, max_retries=RETRIES, timeout_s=TIMEOUT_S,
-        backoff_base_s=0.01, backoff_max_s=0.05, **kw))
+    return LabelingStageConfig(backend="openai", endpoint=_endpoint(base_url, "vl", **kw))
+
+
+def _teacher(base_url: str) -> DistillationStageConfig:
+    return DistillationStageConfig(backend="openai", endpoint=_endpoint(base_url, "teacher"),
+                                   options=DistillConfig(concurrency=4),
+                                   max_failure_rate=0.1)  # the one doomed item of ~12 stays within budget
 
 
 def _images(uri: str):
     cfg = profile("toy")
     entities = mine_entities_task.fn(cfg.data, uri)
     return collect_images_task.fn(cfg.data, cfg.collection, entities, uri, False, ShardingConfig(images_per_shard=3))
+
+
+def _composites(uri: str):
+    cfg = profile("toy")
+    entities = mine_entities_task.fn(cfg.data, uri)
+    images = collect_images_task.fn(cfg.data, cfg.collection, entities, uri, False, ShardingConfig(images_per_shard=3))
+    labeled = label_boxes_task.fn(LabelingStageConfig(), images, uri, False, RUNNER)
+    comps = compose_task.fn(CompositionConfig(pool="train", composites_per_category=6, tile_size=48), labeled, uri,
+                            False, ShardingConfig(composites_per_shard=3), RUNNER)
+    return comps, entities
+
+
+TEACHER_PROMPT = re.compile(r"The bounding box of (.+?) is (\(\d+,\d+\),\(\d+,\d+\))\. Give the reasoning")
+
+
+def _teacher_ok(text: str) -> str:
+    m = TEACHER_PROMPT.search(text)
+    name, box = m.groups() if m else ("it", "(0,0),(1,1)")
+    return (f"Planning: look for the {name}.\n\nVisual analysis:\n- shapes and colours.\n\n"
+            f"Comparison: compare.\n\nConclusion: the {name} is at {box}.")
+
+
+# What differs between the two model stages under test: how a run is made, the id and attempts columns,
+# and a good reply.
+STAGES = {
+    "labeler": dict(prepare=_images, run=lambda url, inputs, uri: label_boxes_task.fn(_config(url), inputs, uri,
+                                                                                       False, RUNNER),
+                    id="image_id", attempts="label_attempts", ok=lambda text: OK),
+    "teacher": dict(prepare=_composites, run=lambda url, inputs, uri: distill_cot_task.fn(
+        _teacher(url), inputs[0], inputs[1], uri, False, RUNNER), id="question_id", attempts="attempts",
+        ok=_teacher_ok),
+}
 
 
 def _key(image, text) -> str:
@@ -67,7 +112,8 @@ def _key(image, text) -> str:
 class Script:
     """Per item key: a list of replies to give before answering ``OK`` (popped one per request)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ok=lambda text: OK) -> None:
+        self.ok = ok
         self.plan: dict[str, list] = {}
         self.asked: Counter[str] = Counter()
 
@@ -75,34 +121,36 @@ class Script:
         key = _key(image, text)
         self.asked[key] += 1
         todo = self.plan.get(key)
-        return todo.pop(0) if todo else OK
+        return todo.pop(0) if todo else self.ok(text)
 
 
-def _rows(store, ref) -> list[dict]:
-    """The rows without ``label_attempts`` (the HTTP attempts an item took: the faults' only honest difference)."""
-    return [{k: v for k, v in r.items() if k != "label_attempts"} for r in store.read_table(ref).to_pylist()]
+def _rows(store, ref, attempts: str) -> list[dict]:
+    """The rows without the attempts column (the HTTP attempts an item took: the faults' only honest difference)."""
+    return [{k: v for k, v in r.items() if k != attempts} for r in store.read_table(ref).to_pylist()]
 
 
-def _compare(store, ref, clean_store, clean) -> tuple[int, int, int]:
-    got = _rows(store, ref)
-    want = {r["image_id"]: r for r in _rows(clean_store, clean)}
-    ids = Counter(r["image_id"] for r in got)
+def _compare(store, ref, clean_store, clean, id_col: str, attempts: str) -> tuple[int, int, int]:
+    got = _rows(store, ref, attempts)
+    want = {r[id_col]: r for r in _rows(clean_store, clean, attempts)}
+    ids = Counter(r[id_col] for r in got)
     lost = len(set(want) - set(ids))
     duplicated = sum(c - 1 for c in ids.values())
-    corrupted = sum(1 for r in got if r != want.get(r["image_id"])) + len(store.verify(ref))
+    corrupted = sum(1 for r in got if r != want.get(r[id_col])) + len(store.verify(ref))
     return lost, duplicated, corrupted
 
 
 @pytest.mark.fault("edge.endpoint_faults")
-def test_labeler_endpoint_faults_are_retried_or_failed_with_reasons_and_the_rerun_completes(
-        tmp_path, fault_rng, reliability):
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_endpoint_faults_are_retried_or_failed_with_reasons_and_the_rerun_completes(
+        tmp_path, fault_rng, reliability, stage):
+    spec = STAGES[stage]
     uri, clean_uri = str(tmp_path / "faulty"), str(tmp_path / "clean")
-    images = _images(uri)
+    images = spec["prepare"](uri)
     shutil.copytree(uri, clean_uri)
     store, clean_store = ArtifactStore(StoreSettings(uri=uri)), ArtifactStore(StoreSettings(uri=clean_uri))
-    script = Script()
+    script = Script(spec["ok"])
     with FakeOpenAIServer(script) as server:
-        clean = label_boxes_task.fn(_config(server.base_url), images, clean_uri, False, RUNNER)
+        clean = spec["run"](server.base_url, images, clean_uri)
         keys = sorted(script.asked)
         n = len(keys)
         assert n >= 8, f"only {n} items: too few for the fault kinds"
@@ -119,19 +167,19 @@ def test_labeler_endpoint_faults_are_retried_or_failed_with_reasons_and_the_reru
         injected = sum(len(v) for v in script.plan.values())
         script.asked.clear()
         t0 = time.monotonic()
-        partial = label_boxes_task.fn(_config(server.base_url), images, uri, False, RUNNER)
+        partial = spec["run"](server.base_url, images, uri)
         first_s = time.monotonic() - t0
         asked_first = Counter(script.asked)
         script.asked.clear()
         t1 = time.monotonic()
-        ref = label_boxes_task.fn(_config(server.base_url), images, uri, False, RUNNER)
+        ref = spec["run"](server.base_url, images, uri)
         recover_s = time.monotonic() - t1
         asked_rerun = Counter(script.asked)
         problems = list(server.problems)
-    lost, duplicated, corrupted = _compare(store, ref, clean_store, clean)
+    lost, duplicated, corrupted = _compare(store, ref, clean_store, clean, spec["id"], spec["attempts"])
     failures = store.manifest(ref).metadata["failures"]
     reliability.record(lost=lost, duplicated=duplicated, corrupted=corrupted, recover_s=recover_s, injected=injected,
-                       detail=f"{len(transient)} items with transient faults, 1 ({persistent_kind}) outlasting "
+                       detail=f"{stage}: {len(transient)} items with transient faults, 1 ({persistent_kind}) outlasting "
                               f"{RETRIES} retries of {n} items; rerun asked {sum(asked_rerun.values())} request(s)")
     assert problems == []
     reason = FAULTS[persistent_kind][1]
@@ -149,8 +197,8 @@ def test_labeler_endpoint_faults_are_retried_or_failed_with_reasons_and_the_reru
     assert asked_rerun == Counter({doomed: 1}), asked_rerun
     assert first_s < 30, f"the faulty run took {first_s:.1f} s: timeouts not honoured"
     assert failures["failed"] == 0, failures
-    attempts = sum(store.read_table(ref).column("label_attempts").to_pylist())
-    assert attempts == n + sum(t for _, t in transient.values()), f"label_attempts sum to {attempts}"
+    attempts = sum(store.read_table(ref).column(spec["attempts"]).to_pylist())
+    assert attempts == n + sum(t for _, t in transient.values()), f"{spec['attempts']} sum to {attempts}"
     assert (lost, duplicated, corrupted) == (0, 0, 0)
 
 
