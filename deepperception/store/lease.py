@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 
 LEASE = "_lease.json"
 
+# Owners this process has released. A release whose delete failed (the store was down: the run is
+# failing because of it) leaves the lease file behind; a rerun in this same process (a retrying
+# flow, a notebook, a test) must not wait out the TTL of a lease nobody holds any more.
+_RELEASED_HERE: set[str] = set()
+
 
 @dataclass(frozen=True)
 class LeaseInfo:
@@ -58,8 +63,13 @@ class LeaseInfo:
         return False
 
     @property
+    def released_here(self) -> bool:
+        """This process released it (its file outlived the release: the delete failed)."""
+        return self.owner in _RELEASED_HERE
+
+    @property
     def stale(self) -> bool:
-        return self.expired or self.owner_gone
+        return self.expired or self.owner_gone or self.released_here
 
 
 def machine_id() -> str:
@@ -102,13 +112,16 @@ class Lease:
     def acquire(cls, store: "ArtifactStore", ref: "ArtifactRef", owner: str | None = None) -> "Lease | None":
         """The lease on ``ref``, or ``None`` while another live owner holds it."""
         lease = cls(store, ref, owner or new_owner(), store.settings.lease_ttl_s)
+        _RELEASED_HERE.discard(lease.owner)  # an owner name taken again holds again
         if store._create_exclusive(lease.path, lease._body()):
             return lease
         held = read_lease(store, ref)
         if held is not None and not held.stale:
             return None
         # Expired, its owner's process gone, or unreadable: take it over, once.
-        why = "its process is gone" if held is not None and held.owner_gone else "expired"
+        why = ("its process is gone" if held is not None and held.owner_gone
+               else "it was released (its file outlived the release)" if held is not None and held.released_here
+               else "expired")
         log.info("lease on %s held by %s %s; taking it over", ref, held.owner if held else "?", why)
         store._delete_file(lease.path)
         return lease if store._create_exclusive(lease.path, lease._body()) else None
@@ -122,6 +135,7 @@ class Lease:
 
     def release(self) -> None:
         self._stop.set()
+        _RELEASED_HERE.add(self.owner)
         if self._thread is not None:
             self._thread.join()
         held = read_lease(self.store, self.ref)

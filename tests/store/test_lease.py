@@ -102,3 +102,20 @@ def test_a_lease_whose_process_died_on_this_machine_is_taken_over_at_once(store)
     store._overwrite(path, json.dumps({"owner": "x", "expires_at": far, "machine": machine_id(),
                                        "pid": dead.pid}).encode())
     wait_while_leased(store, ref)  # returns at once instead of waiting an hour
+
+
+def test_a_lease_released_here_whose_file_could_not_be_deleted_is_taken_over_at_once(store, monkeypatch):
+    """A run failing because the store went down cannot delete its lease; a rerun in the same live
+    process (a retrying flow) takes it over instead of waiting out the TTL."""
+    ref = _planned(store)
+    first = Lease.acquire(store, ref, owner="failing-run")
+    monkeypatch.setattr(store, "_delete_file", lambda path: (_ for _ in ()).throw(OSError("store down")))
+    with pytest.raises(OSError, match="store down"):
+        first.release()
+    monkeypatch.undo()
+    held = read_lease(store, ref)
+    assert held is not None and held.owner == "failing-run" and not held.expired and held.released_here
+    other = Lease.acquire(store, ref, owner="rerun")
+    assert other is not None and read_lease(store, ref).owner == "rerun"
+    assert Lease.acquire(store, ref, owner="third") is None  # a live, unreleased lease still excludes
+    other.release()
