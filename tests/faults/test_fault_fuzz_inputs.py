@@ -41,13 +41,21 @@ def _png_bomb(w: int, h: int) -> bytes:
             + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
 
 
+def _inside_pixel_data(png: bytes, rng) -> int:
+    """A cut point inside the first 90 % of the PNG's compressed pixels. A cut after them (only the
+    IEND chunk or the zlib trailer missing) leaves every pixel readable, and PIL rightly decodes it."""
+    at = png.index(b"IDAT") + 4
+    n = int.from_bytes(png[at - 8:at - 4], "big")
+    return at + rng.randrange(0, max(1, int(n * 0.9)))
+
+
 def _hostile_images(rng) -> dict[str, tuple[bytes, str]]:
     """name -> (bytes, the ImageProblem reason open_photo must give)."""
     jpg, png = _encoded("JPEG"), _encoded("PNG")
     return {
         "random.jpg": (bytes(rng.randrange(256) for _ in range(rng.randrange(1, 4096))), "corrupt_image"),
         "truncated.jpg": (jpg[: rng.randrange(20, len(jpg) - 10)], "corrupt_image"),
-        "truncated.png": (png[: rng.randrange(40, len(png) - 12)], "corrupt_image"),
+        "truncated.png": (png[: _inside_pixel_data(png, rng)], "corrupt_image"),
         "png_named.jpg": (b"\x89PNG\r\n\x1a\n" + bytes(rng.randrange(256) for _ in range(200)), "corrupt_image"),
         "zero.jpg": (b"", "empty_image"),
         "bomb_30000.png": (_png_bomb(30000, 30000), "decompression_bomb"),  # past 2x PIL's limit: PIL raises
