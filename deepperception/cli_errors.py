@@ -110,12 +110,16 @@ def render_error(exc: BaseException) -> tuple[str, int]:
         msg = special(exc)
         if msg is not None:
             return f"error: {msg}", USER_ERROR
+    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:  # a full disk is the store's, not a bug
+        # pyarrow sets errno but words strerror its own way ("Error writing bytes to file. Detail: ...")
+        where = f": {exc.filename}" if exc.filename is not None else f" ({' '.join(str(exc).split())})"
+        return f"error: {os.strerror(exc.errno)}{where}", USER_ERROR
+    full = [c for c in _FULL_ERRNOS if isinstance(exc, OSError) and f"[errno {c}]" in str(exc)]
+    if full:  # pyarrow's wording of the same ("Error writing bytes to file. Detail: [errno 28] ...")
+        return f"error: {os.strerror(full[0])} ({str(exc).strip().splitlines()[0]})", USER_ERROR
     if isinstance(exc, (PipelineError, ValueError)):
         code = getattr(exc, "exit_code", USER_ERROR)
         return f"error: {str(exc).strip() or type(exc).__name__}", code if isinstance(code, int) else USER_ERROR
-    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:  # a full disk is the store's, not a bug
-        where = f": {exc.filename}" if exc.filename is not None else ""
-        return f"error: {exc.strerror or 'no space left on device'}{where}", USER_ERROR
     if isinstance(exc, OSError) and "AWS Error NETWORK_CONNECTION" in str(exc):  # store down after its retries
         return f"error: S3 store unreachable (DP_STORE_S3_ENDPOINT_URL): {' '.join(str(exc).split())}", USER_ERROR
     if isinstance(exc, _PATH_ERRORS) and exc.filename is not None:

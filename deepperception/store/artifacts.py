@@ -24,6 +24,7 @@ on the same id and is recognised (and skipped) instead of recomputed.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import io
 import json
@@ -648,6 +649,22 @@ class ArtifactStore:
             raise AlreadyCommittedError(f"artifact {name}@{version} is already committed")
 
 
+def _with_path(exc: OSError, path: str) -> OSError:
+    """pyarrow reports a full disk as ``OSError('Error writing bytes to file. Detail: [errno 28] No
+    space left on device')``: no errno attribute, no file. Give it both, so the one-line error names
+    the file (``error: No space left on device: <path>``); other errors pass through unchanged.
+
+    >>> e = _with_path(OSError("Error writing bytes to file. Detail: [errno 28] No space left on device"), "/s/x")
+    >>> e.errno == errno.ENOSPC, e.filename
+    (True, '/s/x')
+    """
+    if exc.errno is None and exc.filename is None:
+        for code in (errno.ENOSPC, errno.EDQUOT):
+            if f"[errno {code}]" in str(exc):
+                return OSError(code, os.strerror(code), path)
+    return exc
+
+
 def _plain(segment: str) -> bool:
     try:
         check_segment(segment, "entry")
@@ -775,9 +792,12 @@ class VersionWriter:
     def _put(self, rel: str, data: bytes, rows: int | None = None) -> FileEntry:
         key = self._entry_key(rel)
         path = self.store._path(self.name, self.version, key)
-        self.store.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with self.store.fs.open_output_stream(path) as out:
-            out.write(data)
+        try:
+            self.store.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            with self.store.fs.open_output_stream(path) as out:
+                out.write(data)
+        except OSError as exc:
+            raise _with_path(exc, path) from exc
         entry = FileEntry(path=rel, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data), rows=rows, key=key)
         self._files.append(entry)
         return entry

@@ -189,3 +189,42 @@ def test_s3_down_fails_bounded_naming_endpoint_then_rerun_completes(tmp_path, re
     assert failed_after < 30, f"the stage against a down store took {failed_after:.0f}s to fail"
     assert code == 2 and rendered.startswith("error: S3 store unreachable") and host in rendered, rendered
     assert "\n" not in rendered and not reused and committed_while_down == 0 and not problems
+
+
+@pytest.mark.fault("edge.disk_full")
+def test_a_real_full_tmpfs_commits_nothing_then_rerun_with_space_completes(tmp_path, reliability, fault_rng):
+    """The same promise on a real filesystem that fills up: a tmpfs mounted small, grown for the rerun.
+    Needs the right to mount (root, CAP_SYS_ADMIN); elsewhere the ENOSPC wrapper above stands in."""
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    clean = ArtifactStore(StoreSettings(uri=str(tmp_path / "clean"), cache_dir=str(tmp_path / "c2"), lease=False))
+    clean_ref, _ = run_stage(clean, "t", "s", {"k": 1}, {}, _produce, task=_produce)
+    total_kb = sum(e.bytes for e in clean.manifest(clean_ref).files) // 1024
+    size_kb = fault_rng.randint(4, max(4, total_kb // 2))  # fills at a random point of the version
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root/CAP_SYS_ADMIN); the ENOSPC wrapper test covers it")
+    try:
+        settings = StoreSettings(uri=str(mnt / "store"), cache_dir=str(tmp_path / "cache"), lease=False)
+        with pytest.raises(OSError) as info:
+            run_stage(ArtifactStore(settings), "t", "s", {"k": 1}, {}, _produce, task=_produce)
+        rendered, code = render_error(info.value)
+        visible = [p for p in (mnt / "store").rglob("*") if p.is_file() and "_attempts" not in p.parts]
+        committed = len(ArtifactStore(settings).list("t"))
+        subprocess.run(["mount", "-o", "remount,size=16m", str(mnt)], check=True)  # space freed
+        t0 = time.monotonic()
+        store = ArtifactStore(settings)
+        ref, _ = run_stage(store, "t", "s", {"k": 1}, {}, _produce, task=_produce)
+        recover_s = time.monotonic() - t0
+        got = [i for p in range(4) for i in store.read_table(ref, f"data-{p}").column("id").to_pylist()]
+        problems = store.verify(ref)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    reliability.record(lost=len(set(range(ROWS)) - set(got)), duplicated=len(got) - len(set(got)),
+                       corrupted=len(problems) + committed + len(visible), recover_s=recover_s, injected=1,
+                       detail=f"a real {size_kb} KiB tmpfs filled up by a {total_kb} KiB version; rerun after growing it to 16 MiB")
+    assert code == 2 and rendered.startswith("error: No space left on device") and "\n" not in rendered, rendered
+    assert committed == 0 and not visible and not problems and sorted(got) == list(range(ROWS))
+    assert ref.version == clean_ref.version
